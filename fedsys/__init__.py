@@ -1,0 +1,1 @@
+"""fedsys: federated learning on Flower."""

@@ -1,0 +1,133 @@
+"""The fedsys ClientApp: receive the global model, train locally, reply with the delta.
+
+The experiment config travels with every train message (a few KB of JSON), so a node needs no
+configuration of its own beyond which partition (or, deployed, which data) it holds. Data and
+the model object are memoised per process: a simulation worker serves many clients and rounds.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+
+from fedsys.config import ExperimentConfig
+from fedsys.data import client_partition, load_dataset
+from fedsys.models import build_model
+from fedsys.protocol import CONFIG_KEY, SEED_KEY, PartitionInfo
+from fedsys.training import derive_seed, evaluate, select_device, state_delta, train_local
+
+app = ClientApp()
+
+
+@lru_cache(maxsize=4)
+def _parse_config(config_json: str) -> ExperimentConfig:
+    return ExperimentConfig.model_validate_json(config_json)
+
+
+@lru_cache(maxsize=64)
+def _partition_tensors(
+    config_json: str, seed: int, partition_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    cfg = _parse_config(config_json)
+    part = client_partition(cfg.data, seed, partition_id)
+    return torch.from_numpy(part.x), torch.from_numpy(part.y)
+
+
+@lru_cache(maxsize=4)
+def _model(config_json: str, seed: int) -> nn.Module:
+    """One model object per architecture and process; weights are overwritten every message."""
+    cfg = _parse_config(config_json)
+    torch.set_num_threads(cfg.runtime.torch_threads)
+    _, _, info = load_dataset(cfg.data, seed)
+    return build_model(cfg.model, info)
+
+
+def _partition_id(context: Context) -> int:
+    return int(context.node_config.get("partition-id", 0))
+
+
+def _straggler_work(cfg: ExperimentConfig, seed: int, rnd: int, partition_id: int) -> float:
+    """Share of the local work this client completes this round (1.0 unless a straggler).
+
+    As in FedProx's experiments, a straggler completes a uniformly random number of epochs
+    in [1, E); with a single local epoch it completes a uniform share of that epoch.
+    """
+    rng = np.random.default_rng(derive_seed(seed, rnd, partition_id, 7))
+    if rng.random() >= cfg.train.stragglers:
+        return 1.0
+    epochs = cfg.train.local_epochs
+    if epochs > 1:
+        return float(rng.integers(1, epochs)) / epochs
+    return float(rng.uniform(0.05, 0.95))
+
+
+def _received(msg: Message) -> tuple[str, int, ArrayRecord, ConfigRecord]:
+    config = msg.content["config"]
+    return str(config[CONFIG_KEY]), int(config[SEED_KEY]), msg.content["arrays"], config
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train on the local partition and reply with ``local - global`` plus metrics."""
+    config_json, seed, arrays, config = _received(msg)
+    cfg = _parse_config(config_json)
+    rnd = int(config["server-round"])
+    pid = _partition_id(context)
+    x, y = _partition_tensors(config_json, seed, pid)
+    model = _model(config_json, seed)
+    global_state = arrays.to_torch_state_dict()
+    model.load_state_dict(global_state)
+    device = select_device(cfg.train.device)
+    work = _straggler_work(cfg, seed, rnd, pid)
+    result = train_local(
+        model,
+        x,
+        y,
+        cfg.train,
+        seed=derive_seed(seed, rnd, pid),
+        device=device,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        work_fraction=work,
+    )
+    delta = state_delta(model.state_dict(), global_state)
+    metrics = MetricRecord(
+        {
+            "num-examples": result.num_examples,
+            "train_loss": result.train_loss,
+            "train_seconds": result.seconds,
+            "steps": result.steps,
+            "straggler": int(work < 1.0),
+        }
+    )
+    content = RecordDict({"arrays": ArrayRecord(delta), "metrics": metrics})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_local(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on the local partition."""
+    config_json, seed, arrays, _ = _received(msg)
+    cfg = _parse_config(config_json)
+    x, y = _partition_tensors(config_json, seed, _partition_id(context))
+    model = _model(config_json, seed)
+    model.load_state_dict(arrays.to_torch_state_dict())
+    res = evaluate(
+        model, x, y, batch_size=cfg.train.eval_batch_size, device=select_device(cfg.train.device)
+    )
+    metrics = MetricRecord(
+        {"num-examples": res.num_examples, "eval_loss": res.loss, "eval_accuracy": res.accuracy}
+    )
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.query()
+def describe(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds (a stable label for sampling)."""
+    info = PartitionInfo(partition_id=_partition_id(context))
+    record = ConfigRecord({"partition-info": info.model_dump_json()})
+    return Message(content=RecordDict({"info": record}), reply_to=msg)

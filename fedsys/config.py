@@ -1,0 +1,332 @@
+"""The whole experiment as one pydantic model, loaded from YAML plus dotted overrides.
+
+Defaults describe the quickstart (MNIST-1D, 10 clients, IID, 1-D CNN, FedAvg), so an empty
+YAML file is a valid experiment. Every section forbids unknown keys, so a typo fails at load
+time with the field path instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedsys.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+DatasetName = Literal["mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10"]
+PartitionerName = Literal["iid", "dirichlet", "shards", "natural"]
+
+
+class DataConfig(Section):
+    """Which data, where it lives, and how it is split across clients."""
+
+    name: DatasetName = "mnist1d"
+    path: Path | None = Field(
+        default=None, description="Directory with the user's files (mnist, fashion_mnist, cifar10)."
+    )
+    num_partitions: int = Field(default=10, ge=1, description="Number of (virtual) clients.")
+    partitioner: PartitionerName = "iid"
+    dirichlet_alpha: float = Field(default=0.5, gt=0)
+    min_partition_size: int = Field(default=10, ge=0)
+    shards_per_client: int = Field(default=2, ge=1)
+    synthetic_alpha: float = Field(default=1.0, ge=0, description="FedProx Synthetic(alpha, .)")
+    synthetic_beta: float = Field(default=1.0, ge=0, description="FedProx Synthetic(., beta)")
+    synthetic_devices: int = Field(default=30, ge=1)
+    test_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="Held-out share for datasets without a test split."
+    )
+    cache_dir: Path | None = Field(
+        default=None, description="Where generated datasets are cached (default ~/.cache/fedsys)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.name in ("mnist", "fashion_mnist", "cifar10") and self.path is None:
+            raise ValueError(f"data.path is required for data.name={self.name!r}")
+        if self.partitioner == "natural":
+            if self.name != "synthetic":
+                raise ValueError("data.partitioner='natural' exists only for data.name='synthetic'")
+            if self.num_partitions != self.synthetic_devices:
+                raise ValueError(
+                    f"data.num_partitions ({self.num_partitions}) must equal "
+                    f"data.synthetic_devices ({self.synthetic_devices}) with the natural partitioner"
+                )
+        return self
+
+
+ModelName = Literal["logreg", "mlp", "cnn1d", "cnn_mnist", "resnet_cifar"]
+
+
+class ModelConfig(Section):
+    """Architecture by registry name; input shape and classes come from the dataset."""
+
+    name: ModelName = "cnn1d"
+    hidden: list[int] = Field(default_factory=lambda: [200, 200], description="MLP widths.")
+    channels: int = Field(default=32, ge=1, description="Width of the convolutional models.")
+
+
+class TrainConfig(Section):
+    """Rounds and the clients' local training."""
+
+    rounds: int = Field(default=30, ge=1)
+    local_epochs: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=0.05, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    amp: bool = Field(default=False, description="Mixed precision (CUDA only).")
+    stragglers: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Share of sampled clients per round that finish only part of their local "
+        "work (FedProx's systems heterogeneity).",
+    )
+    eval_batch_size: int = Field(default=1024, ge=1)
+    timeout: float = Field(default=600.0, gt=0, description="Seconds to wait for replies.")
+
+
+StrategyName = Literal[
+    "fedavg",
+    "fedprox",
+    "fedavgm",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+    "multikrum",
+    "bulyan",
+]
+ROBUST_STRATEGIES = frozenset({"fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"})
+
+
+class DPConfig(Section):
+    """Flower's server-side differential-privacy wrappers."""
+
+    kind: Literal["fixed", "adaptive"] = "fixed"
+    noise_multiplier: float = Field(default=1.0, ge=0)
+    clipping_norm: float = Field(default=1.0, gt=0, description="Initial norm for 'adaptive'.")
+
+
+class StrategyConfig(Section):
+    """Server strategy: one of Flower's own classes, with its parameters grouped here."""
+
+    name: StrategyName = "fedavg"
+    fraction_train: float = Field(default=1.0, gt=0, le=1)
+    min_train_nodes: int = Field(default=2, ge=1)
+    min_available_nodes: int = Field(default=2, ge=1)
+    proximal_mu: float = Field(default=0.0, ge=0, description="FedProx's mu.")
+    drop_stragglers: bool | None = Field(
+        default=None,
+        description="Discard partial work of stragglers (default: true except for FedProx).",
+    )
+    server_lr: float = Field(default=0.1, gt=0, description="eta for FedAdam/FedYogi/FedAdagrad.")
+    server_momentum: float = Field(default=0.9, ge=0, lt=1, description="FedAvgM's momentum.")
+    beta_1: float = Field(default=0.9, ge=0, lt=1)
+    beta_2: float = Field(default=0.99, ge=0, lt=1)
+    tau: float = Field(default=1e-3, gt=0)
+    trim_beta: float = Field(default=0.2, ge=0, lt=0.5, description="FedTrimmedAvg's beta.")
+    num_malicious_nodes: int = Field(default=0, ge=0, description="Krum / MultiKrum / Bulyan.")
+    num_nodes_to_select: int = Field(default=1, ge=1, description="MultiKrum.")
+    dp: DPConfig | None = None
+
+    @property
+    def keeps_stragglers(self) -> bool:
+        if self.drop_stragglers is not None:
+            return not self.drop_stragglers
+        return self.name == "fedprox"
+
+
+class CodecConfig(Section):
+    """How updates are encoded on the wire (filled in by the update codec)."""
+
+    quantize: Literal["none", "fp16", "int8", "int4"] = "none"
+    topk: float | None = Field(default=None, gt=0, le=1)
+    encrypt: bool = False
+    clip_norm: float | None = Field(default=None, gt=0)
+    block_size: int = Field(default=256, ge=8)
+    stochastic_rounding: bool = False
+
+    @model_validator(mode="after")
+    def _available(self) -> CodecConfig:
+        if self.quantize != "none" or self.topk is not None or self.encrypt or self.clip_norm:
+            raise ValueError(
+                "the update codec (quantize/topk/encrypt/clip_norm) is not available in this "
+                "version of fedsys; leave the codec section at its defaults"
+            )
+        return self
+
+
+class SecAggConfig(Section):
+    """Secure aggregation (not available yet)."""
+
+    enabled: bool = False
+
+    @model_validator(mode="after")
+    def _available(self) -> SecAggConfig:
+        if self.enabled:
+            raise ValueError("secure aggregation is not available in this version of fedsys")
+        return self
+
+
+class PublishConfig(Section):
+    """Publishing the global model to a registry (not available yet)."""
+
+    mode: Literal["never", "every_round", "on_improvement", "at_end"] = "never"
+    registry: Path | None = None
+
+    @model_validator(mode="after")
+    def _available(self) -> PublishConfig:
+        if self.mode != "never":
+            raise ValueError("publishing is not available in this version of fedsys")
+        return self
+
+
+class ServeConfig(Section):
+    """The inference endpoint (not available yet)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _available(self) -> ServeConfig:
+        if self.enabled:
+            raise ValueError("serving is not available in this version of fedsys")
+        return self
+
+
+class RuntimeConfig(Section):
+    """Where and how the run executes."""
+
+    seed: int = 0
+    client_cpus: float = Field(default=1.0, gt=0, description="Ray CPUs per virtual client.")
+    client_gpus: float = Field(default=0.0, ge=0, description="Ray GPUs per virtual client.")
+    torch_threads: int = Field(default=1, ge=1, description="Torch threads per client process.")
+    progress: bool = Field(default=True, description="Live rich table per round.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+
+class ExperimentConfig(Section):
+    """One federated-learning experiment, end to end."""
+
+    name: str = "quickstart"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    codec: CodecConfig = Field(default_factory=CodecConfig)
+    secagg: SecAggConfig = Field(default_factory=SecAggConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        n = self.data.num_partitions
+        if self.strategy.min_available_nodes > n:
+            raise ValueError(
+                f"strategy.min_available_nodes ({self.strategy.min_available_nodes}) exceeds "
+                f"data.num_partitions ({n}): the run would wait forever"
+            )
+        if self.strategy.min_train_nodes > n:
+            raise ValueError(
+                f"strategy.min_train_nodes ({self.strategy.min_train_nodes}) exceeds "
+                f"data.num_partitions ({n})"
+            )
+        if self.strategy.name == "fedprox" and self.strategy.proximal_mu == 0.0:
+            raise ValueError("strategy.proximal_mu must be > 0 for fedprox (0 is plain FedAvg)")
+        if self.strategy.dp is not None and self.strategy.name in ROBUST_STRATEGIES:
+            raise ValueError(
+                f"strategy.dp cannot wrap the robust strategy {self.strategy.name!r}: "
+                "Flower's DP wrappers assume a weighted average"
+            )
+        return self
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into a key path and a YAML-typed value."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    key, raw = item.split("=", 1)
+    path = [part for part in key.strip().split(".") if part]
+    if not path:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict; the schema validates names and types afterwards."""
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {where}: {msg}")
+    return "invalid experiment config:\n" + "\n".join(lines)
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] | None = None) -> ExperimentConfig:
+    """Validate a raw mapping (plus overrides) into an ExperimentConfig or raise ConfigError."""
+    merged = apply_overrides(raw, list(overrides or []))
+    try:
+        return ExperimentConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+
+
+def load_config(path: Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load YAML from ``path`` (None: built-in defaults) and apply dotted overrides."""
+    raw: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return build_config(raw, overrides)
+
+
+def dump_config(cfg: ExperimentConfig, path: Path) -> None:
+    """Write the resolved config as YAML (used by --resume)."""
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

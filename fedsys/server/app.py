@@ -1,0 +1,49 @@
+"""The fedsys ServerApp: the same round loop for ``fedsys simulate`` and ``flwr run .``."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedsys.config import ExperimentConfig, load_config
+from fedsys.server.loop import run_federation
+from fedsys.server.progress import LogReporter, Reporter, RichReporter
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What the CLI decided before Flower started: config, output directory, resume or not."""
+
+    cfg: ExperimentConfig
+    out_dir: Path
+    resume: bool = False
+
+
+def launch_from_run_config(run_config: dict[str, object]) -> Launch:
+    """Build the Launch for ``flwr run .`` from ``[tool.flwr.app.config]`` (+ --run-config)."""
+    config_file = str(run_config.get("config-file", "") or "")
+    overrides = [s for s in shlex.split(str(run_config.get("overrides", "")).replace(";", " ")) if s]
+    cfg = load_config(Path(config_file) if config_file else None, overrides)
+    return Launch(cfg=cfg, out_dir=Path(str(run_config.get("out-dir", "runs/flwr-run"))))
+
+
+def _reporter(cfg: ExperimentConfig) -> Reporter:
+    return RichReporter() if cfg.runtime.progress else LogReporter()
+
+
+def make_server_app(launch: Launch | None = None) -> ServerApp:
+    """A ServerApp bound to ``launch``, or reading its launch from the run config."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        chosen = launch or launch_from_run_config(dict(context.run_config))
+        run_federation(
+            grid, chosen.cfg, chosen.out_dir, _reporter(chosen.cfg), resume=chosen.resume
+        )
+
+    return app

@@ -1,0 +1,58 @@
+"""A Grid that lists nodes in a stable order, so seeded client sampling is reproducible.
+
+Flower samples nodes with ``random.sample(grid.get_node_ids(), k)``. Node ids are random per
+run, so the same seed would pick different partitions after a resume. This view orders node
+ids by a stable label (the node's partition id) and delegates everything else unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+
+class StableOrderGrid(Grid):
+    """Delegates to ``inner``; ``get_node_ids`` is sorted by ``labels`` (unknown ids last)."""
+
+    def __init__(self, inner: Grid, labels: Mapping[int, int]) -> None:
+        self._inner = inner
+        self._labels = dict(labels)
+
+    def set_run(self, run: Run) -> None:
+        self._inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self._inner.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self._inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        ids = list(self._inner.get_node_ids())
+        unknown = len(self._labels) + 1
+        return sorted(ids, key=lambda nid: (self._labels.get(nid, unknown), nid))
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._inner.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self._inner.send_and_receive(messages, timeout=timeout)
+
+    def label(self, node_id: int) -> int | None:
+        return self._labels.get(node_id)

@@ -1,0 +1,296 @@
+"""The ServerApp's round loop: sample, train, validate, aggregate, evaluate, checkpoint.
+
+It follows ``flwr.serverapp.strategy.Strategy.start`` step for step and calls the same strategy
+methods (``configure_train`` / ``aggregate_train``), adding what that loop lacks: deltas turned
+back into weights, per-update validation, central evaluation, atomic checkpoints, resume, and
+the run's outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from pydantic import ValidationError
+from safetensors.torch import save_file
+
+from fedsys.config import ExperimentConfig, dump_config
+from fedsys.data import load_dataset
+from fedsys.errors import CheckpointError
+from fedsys.models import build_model, count_parameters
+from fedsys.protocol import CONFIG_KEY, SEED_KEY, PartitionInfo
+from fedsys.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedsys.server.grid_view import StableOrderGrid
+from fedsys.server.plots import plot_curves
+from fedsys.server.progress import Reporter
+from fedsys.server.records import (
+    RejectedUpdate,
+    RoundRecord,
+    RunSummary,
+    append_round,
+    read_rounds,
+    truncate_rounds,
+    write_json,
+)
+from fedsys.server.strategies import build_strategy
+from fedsys.server.strategy_state import export_state, import_state
+from fedsys.server.updates import sort_replies
+from fedsys.training import evaluate, select_device
+
+log = logging.getLogger("fedsys")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run writes; ``out`` is the directory given by ``--out``."""
+
+    out: Path
+
+    @property
+    def metrics(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.out / "summary.json"
+
+    @property
+    def curves(self) -> Path:
+        return self.out / "curves.png"
+
+    @property
+    def model(self) -> Path:
+        return self.out / "model.safetensors"
+
+    @property
+    def config(self) -> Path:
+        return self.out / "config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoint"
+
+
+def _query_partition_labels(grid: Grid, min_nodes: int, timeout: float) -> dict[int, int]:
+    """Ask every node which partition it holds; nodes that do not answer stay unlabelled."""
+    while len(node_ids := list(grid.get_node_ids())) < min_nodes:
+        log.info("waiting for nodes: %d connected, %d needed", len(node_ids), min_nodes)
+        time.sleep(1.0)
+    queries = [
+        Message(content=RecordDict(), dst_node_id=nid, message_type=MessageType.QUERY)
+        for nid in node_ids
+    ]
+    labels: dict[int, int] = {}
+    for reply in grid.send_and_receive(queries, timeout=timeout):
+        if reply.has_error() or "info" not in reply.content:
+            continue
+        try:
+            raw = reply.content["info"]["partition-info"]
+            info = PartitionInfo.model_validate_json(str(raw))
+        except (KeyError, ValidationError) as exc:
+            log.warning("node %d sent an unreadable partition info: %s", reply.metadata.src_node_id, exc)
+            continue
+        labels[reply.metadata.src_node_id] = info.partition_id
+    return labels
+
+
+def _state_dict(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
+
+
+class Federation:
+    """One run of the round loop over a Grid."""
+
+    def __init__(
+        self, grid: Grid, cfg: ExperimentConfig, out_dir: Path, reporter: Reporter
+    ) -> None:
+        self.cfg = cfg
+        self.paths = RunPaths(out_dir)
+        self.reporter = reporter
+        self.grid = grid
+        seed = cfg.runtime.seed
+        _, test, info = load_dataset(cfg.data, seed)
+        self.test_x, self.test_y = torch.from_numpy(test.x), torch.from_numpy(test.y)
+        torch.manual_seed(seed)
+        self.model = build_model(cfg.model, info)
+        self.device = select_device(cfg.train.device)
+        self.global_arrays = {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+        self.strategy: Strategy = build_strategy(cfg.strategy, cfg.train, cfg.data.num_partitions)
+        # Server RNG: draws one seed per round for Flower's node sampling (see _sample_seed).
+        self.rng = np.random.default_rng(seed)
+        self.round = 0
+        self.elapsed_before = 0.0
+        self.resumed_from: int | None = None
+
+    def restore(self) -> None:
+        """Continue from ``out/checkpoint`` if it exists."""
+        try:
+            ckpt = load_checkpoint(self.paths.checkpoints)
+        except CheckpointError:
+            if (self.paths.checkpoints / "checkpoint.safetensors").exists():
+                raise
+            log.warning("no checkpoint in %s: starting from round 1", self.paths.out)
+            return
+        expected = {k: (v.shape, v.dtype) for k, v in self.global_arrays.items()}
+        found = {k: (v.shape, v.dtype) for k, v in ckpt.model.items()}
+        if expected != found:
+            raise CheckpointError(
+                f"checkpoint in {self.paths.checkpoints} does not match model.name="
+                f"{self.cfg.model.name!r}: its tensors differ"
+            )
+        self.global_arrays = ckpt.model
+        import_state(self.strategy, ckpt.strategy_arrays, ckpt.strategy_state)
+        self.rng.bit_generator.state = ckpt.rng_state
+        self.round = ckpt.round
+        self.elapsed_before = float(ckpt.extra.get("wall_seconds", 0.0))
+        self.resumed_from = ckpt.round
+        truncate_rounds(self.paths.metrics, ckpt.round)
+        log.warning("resuming after round %d from %s", ckpt.round, self.paths.checkpoints)
+
+    def run(self) -> RunSummary:
+        start = time.perf_counter()
+        self.paths.out.mkdir(parents=True, exist_ok=True)
+        dump_config(self.cfg, self.paths.config)
+        if self.resumed_from is None and self.round == 0:
+            self.paths.metrics.write_text("")
+        labels = _query_partition_labels(
+            self.grid, self.cfg.strategy.min_available_nodes, self.cfg.train.timeout
+        )
+        grid = StableOrderGrid(self.grid, labels)
+        self.reporter.start(self.cfg.train.rounds, self.round)
+        try:
+            while self.round < self.cfg.train.rounds:
+                self.round += 1
+                record = self._one_round(grid, self.round)
+                append_round(self.paths.metrics, record)
+                self._checkpoint(self.elapsed_before + time.perf_counter() - start)
+                self.reporter.update(record)
+        finally:
+            self.reporter.stop()
+        return self._finish(self.elapsed_before + time.perf_counter() - start)
+
+    def _sample_seed(self) -> None:
+        # Flower's sample_nodes draws with the module-level `random`; seeding it from the
+        # server RNG each round makes client selection reproducible and resumable.
+        random.seed(int(self.rng.integers(2**63)))
+
+    def _one_round(self, grid: StableOrderGrid, rnd: int) -> RoundRecord:
+        t0 = time.perf_counter()
+        self._sample_seed()
+        arrays = ArrayRecord({k: Array(v) for k, v in self.global_arrays.items()})
+        train_config = ConfigRecord(
+            {CONFIG_KEY: self.cfg.to_json(), SEED_KEY: self.cfg.runtime.seed}
+        )
+        messages = list(self.strategy.configure_train(rnd, arrays, train_config, grid))
+        bytes_down = arrays.count_bytes() * len(messages)
+        replies = list(grid.send_and_receive(messages, timeout=self.cfg.train.timeout))
+        sorted_replies = sort_replies(
+            replies, self.global_arrays, keep_stragglers=self.cfg.strategy.keeps_stragglers
+        )
+        for rej in sorted_replies.rejected:
+            log.warning("round %d: update from node %d rejected: %s", rnd, rej.node_id, rej.reason)
+        train_loss, client_seconds = self._aggregate(rnd, sorted_replies.accepted)
+        self.model.load_state_dict(_state_dict(self.global_arrays))
+        res = evaluate(
+            self.model,
+            self.test_x,
+            self.test_y,
+            batch_size=self.cfg.train.eval_batch_size,
+            device=self.device,
+        )
+        return RoundRecord(
+            round=rnd,
+            central_accuracy=res.accuracy,
+            central_loss=res.loss,
+            train_loss=train_loss,
+            clients=len(sorted_replies.accepted),
+            sampled=len(messages),
+            rejected=[RejectedUpdate(node=r.node_id, reason=r.reason) for r in sorted_replies.rejected],
+            stragglers_dropped=sorted_replies.stragglers_dropped,
+            bytes_up=sorted_replies.bytes_up,
+            bytes_down=bytes_down,
+            seconds=time.perf_counter() - t0,
+            client_train_seconds=client_seconds,
+        )
+
+    def _aggregate(self, rnd: int, accepted: list[Message]) -> tuple[float | None, float | None]:
+        """Hand the accepted (reconstructed) replies to the strategy; keep the model if it fails."""
+        if not accepted:
+            log.warning("round %d: no update accepted, the global model stays as it was", rnd)
+            return None, None
+        try:
+            agg_arrays, agg_metrics = self.strategy.aggregate_train(rnd, accepted)
+        except (ValueError, ArithmeticError) as exc:
+            log.warning("round %d: aggregation failed (%s); global model unchanged", rnd, exc)
+            return None, None
+        if agg_arrays is not None:
+            self.global_arrays = {
+                k: np.asarray(v.numpy(), dtype=self.global_arrays[k].dtype)
+                for k, v in agg_arrays.items()
+            }
+        if agg_metrics is None:
+            return None, None
+        loss, secs = agg_metrics.get("train_loss"), agg_metrics.get("train_seconds")
+        return (
+            float(loss) if isinstance(loss, int | float) else None,
+            float(secs) if isinstance(secs, int | float) else None,
+        )
+
+    def _checkpoint(self, wall_seconds: float) -> None:
+        strategy_arrays, strategy_state = export_state(self.strategy)
+        save_checkpoint(
+            self.paths.checkpoints,
+            Checkpoint(
+                round=self.round,
+                model=self.global_arrays,
+                strategy_arrays=strategy_arrays,
+                strategy_state=strategy_state,
+                rng_state=dict(self.rng.bit_generator.state),
+                extra={"wall_seconds": wall_seconds},
+            ),
+        )
+
+    def _finish(self, wall_seconds: float) -> RunSummary:
+        records = read_rounds(self.paths.metrics)
+        save_file(
+            {k: v.contiguous() for k, v in _state_dict(self.global_arrays).items()},
+            str(self.paths.model),
+            metadata={"model": self.cfg.model.model_dump_json(), "round": str(self.round)},
+        )
+        plot_curves(records, self.paths.curves, f"{self.cfg.name} ({self.cfg.strategy.name})")
+        last = records[-1]
+        summary = RunSummary(
+            name=self.cfg.name,
+            strategy=self.cfg.strategy.name,
+            final_accuracy=last.central_accuracy,
+            final_loss=last.central_loss,
+            best_accuracy=max(r.central_accuracy for r in records),
+            rounds=len(records),
+            updates_total=sum(r.clients for r in records),
+            bytes_up_total=sum(r.bytes_up for r in records),
+            bytes_down_total=sum(r.bytes_down for r in records),
+            wall_seconds=wall_seconds,
+            seconds_per_round=sum(r.seconds for r in records) / len(records),
+            model_parameters=count_parameters(self.model),
+            resumed_from_round=self.resumed_from,
+        )
+        write_json(self.paths.summary, summary)
+        return summary
+
+
+def run_federation(
+    grid: Grid, cfg: ExperimentConfig, out_dir: Path, reporter: Reporter, *, resume: bool
+) -> RunSummary:
+    """Run (or, with ``resume``, continue) the experiment over ``grid``."""
+    federation = Federation(grid, cfg, out_dir, reporter)
+    if resume:
+        federation.restore()
+    return federation.run()

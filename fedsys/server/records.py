@@ -1,0 +1,74 @@
+"""Schemas of the run's outputs: one RoundRecord per line of metrics.jsonl, and summary.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+
+class RejectedUpdate(BaseModel):
+    node: int
+    reason: str
+
+
+class RoundRecord(BaseModel):
+    """One line of metrics.jsonl."""
+
+    model_config = ConfigDict(extra="allow")
+
+    round: int
+    central_accuracy: float
+    central_loss: float
+    train_loss: float | None
+    clients: int  # updates aggregated
+    sampled: int
+    rejected: list[RejectedUpdate]
+    stragglers_dropped: int
+    bytes_up: int  # serialized update payloads received
+    bytes_down: int  # serialized global model sent
+    seconds: float
+    client_train_seconds: float | None
+
+
+class RunSummary(BaseModel):
+    """summary.json."""
+
+    name: str
+    strategy: str
+    final_accuracy: float
+    final_loss: float
+    best_accuracy: float
+    rounds: int
+    updates_total: int
+    bytes_up_total: int
+    bytes_down_total: int
+    wall_seconds: float
+    seconds_per_round: float
+    model_parameters: int
+    resumed_from_round: int | None
+
+
+def read_rounds(path: Path) -> list[RoundRecord]:
+    """All records in a metrics.jsonl file (empty if it does not exist)."""
+    if not path.exists():
+        return []
+    return [RoundRecord.model_validate_json(line) for line in path.read_text().splitlines() if line]
+
+
+def truncate_rounds(path: Path, last_round: int) -> list[RoundRecord]:
+    """Drop records after ``last_round`` (rounds a killed run logged but did not checkpoint)."""
+    kept = [r for r in read_rounds(path) if r.round <= last_round]
+    path.write_text("".join(r.model_dump_json() + "\n" for r in kept))
+    return kept
+
+
+def append_round(path: Path, record: RoundRecord) -> None:
+    with open(path, "a") as fh:
+        fh.write(record.model_dump_json() + "\n")
+        fh.flush()
+
+
+def write_json(path: Path, model: BaseModel) -> None:
+    path.write_text(json.dumps(model.model_dump(mode="json"), indent=2) + "\n")

@@ -1,0 +1,41 @@
+"""Run an experiment on Flower's simulation engine (Ray), in this process tree."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from fedsys.config import ExperimentConfig
+
+
+def _quiet_flower(level: str) -> None:
+    """Flower logs every message round at INFO; keep the user's terminal for fedsys's table."""
+    flwr_level = logging.DEBUG if level == "DEBUG" else logging.ERROR
+    logging.getLogger("flwr").setLevel(flwr_level)
+
+
+def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> None:
+    """Train ``cfg`` with one virtual SuperNode per data partition; outputs go to ``out_dir``."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Imported here: Flower and Ray are heavy, and `fedsys --help` should stay instant.
+    from flwr.simulation import run_simulation
+
+    from fedsys.client.app import app as client_app
+    from fedsys.server.app import Launch, make_server_app
+
+    _quiet_flower(cfg.runtime.log_level)
+    backend_config = {
+        "client_resources": {
+            "num_cpus": cfg.runtime.client_cpus,
+            "num_gpus": cfg.runtime.client_gpus,
+        },
+        "init_args": {"logging_level": logging.ERROR, "log_to_driver": True},
+    }
+    run_simulation(
+        server_app=make_server_app(Launch(cfg=cfg, out_dir=out_dir, resume=resume)),
+        client_app=client_app,
+        num_supernodes=cfg.data.num_partitions,
+        backend_config=backend_config,  # type: ignore[arg-type]
+    )
