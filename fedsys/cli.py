@@ -17,7 +17,7 @@ from fedsys.config import ExperimentConfig, load_config
 from fedsys.errors import FedsysError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Experiment YAML.")]
 SetOpt = Annotated[
@@ -34,7 +34,12 @@ def _setup_logging(level: str) -> None:
 
 def _load(config: Path | None, overrides: list[str] | None) -> ExperimentConfig:
     try:
-        return load_config(config, overrides)
+        cfg = load_config(config, overrides)
+        # Flower's strategy constructors check their own parameters: build once, up front.
+        from fedsys.server.strategies import build_strategy
+
+        build_strategy(cfg.strategy, cfg.train, cfg.data.num_partitions)
+        return cfg
     except FedsysError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
@@ -78,7 +83,7 @@ def simulate(
         raise typer.Exit(1) from None
     summary_path = out_dir / "summary.json"
     if not summary_path.exists():
-        err.print(f"[red]error:[/red] the run ended without a summary; see the log above")
+        err.print("[red]error:[/red] the run ended without a summary; see the log above")
         raise typer.Exit(1)
     summary = json.loads(summary_path.read_text())
     err.print(

@@ -58,7 +58,8 @@ class DataConfig(Section):
             if self.num_partitions != self.synthetic_devices:
                 raise ValueError(
                     f"data.num_partitions ({self.num_partitions}) must equal "
-                    f"data.synthetic_devices ({self.synthetic_devices}) with the natural partitioner"
+                    f"data.synthetic_devices ({self.synthetic_devices}) "
+                    "with the natural partitioner"
                 )
         return self
 
@@ -80,7 +81,7 @@ class TrainConfig(Section):
     rounds: int = Field(default=30, ge=1)
     local_epochs: int = Field(default=1, ge=1)
     batch_size: int = Field(default=32, ge=1)
-    lr: float = Field(default=0.05, gt=0)
+    lr: float = Field(default=0.1, gt=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
@@ -119,6 +120,9 @@ class DPConfig(Section):
     kind: Literal["fixed", "adaptive"] = "fixed"
     noise_multiplier: float = Field(default=1.0, ge=0)
     clipping_norm: float = Field(default=1.0, gt=0, description="Initial norm for 'adaptive'.")
+    clipped_count_stddev: float | None = Field(
+        default=None, gt=0, description="'adaptive' only; Flower's default is sampled/20."
+    )
 
 
 class StrategyConfig(Section):

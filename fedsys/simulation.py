@@ -19,6 +19,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
     """Train ``cfg`` with one virtual SuperNode per data partition; outputs go to ``out_dir``."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     # Imported here: Flower and Ray are heavy, and `fedsys --help` should stay instant.
     from flwr.simulation import run_simulation
 

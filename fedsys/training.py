@@ -19,7 +19,10 @@ from fedsys.config import TrainConfig
 
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from a tuple of ints (run seed, round, partition, ...)."""
-    return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(2, np.uint64)[0]) >> 1
+    return (
+        int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(2, np.uint64)[0])
+        >> 1
+    )
 
 
 def select_device(preference: str) -> torch.device:
@@ -88,7 +91,7 @@ def train_local(
     generator = torch.Generator().manual_seed(seed)
     n = len(y)
     batches_per_epoch = max(1, -(-n // cfg.batch_size))
-    budget = max(1, int(round(work_fraction * cfg.local_epochs * batches_per_epoch)))
+    budget = max(1, round(work_fraction * cfg.local_epochs * batches_per_epoch))
     use_amp = cfg.amp and device.type == "cuda"
 
     steps, loss_sum, seen = 0, 0.0, 0

@@ -18,7 +18,7 @@ from torch import nn
 from fedsys.config import ExperimentConfig
 from fedsys.data import client_partition, load_dataset
 from fedsys.models import build_model
-from fedsys.protocol import CONFIG_KEY, SEED_KEY, PartitionInfo
+from fedsys.protocol import CONFIG_KEY, SEED_KEY, PartitionInfo, record_number, record_text
 from fedsys.training import derive_seed, evaluate, select_device, state_delta, train_local
 
 app = ClientApp()
@@ -67,8 +67,9 @@ def _straggler_work(cfg: ExperimentConfig, seed: int, rnd: int, partition_id: in
 
 
 def _received(msg: Message) -> tuple[str, int, ArrayRecord, ConfigRecord]:
-    config = msg.content["config"]
-    return str(config[CONFIG_KEY]), int(config[SEED_KEY]), msg.content["arrays"], config
+    config = msg.content.config_records["config"]
+    arrays = msg.content.array_records["arrays"]
+    return record_text(config, CONFIG_KEY), int(record_number(config, SEED_KEY)), arrays, config
 
 
 @app.train()
@@ -76,7 +77,7 @@ def train(msg: Message, context: Context) -> Message:
     """Train on the local partition and reply with ``local - global`` plus metrics."""
     config_json, seed, arrays, config = _received(msg)
     cfg = _parse_config(config_json)
-    rnd = int(config["server-round"])
+    rnd = int(record_number(config, "server-round"))
     pid = _partition_id(context)
     x, y = _partition_tensors(config_json, seed, pid)
     model = _model(config_json, seed)
@@ -91,7 +92,7 @@ def train(msg: Message, context: Context) -> Message:
         cfg.train,
         seed=derive_seed(seed, rnd, pid),
         device=device,
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        proximal_mu=record_number(config, "proximal-mu", 0.0),
         work_fraction=work,
     )
     delta = state_delta(model.state_dict(), global_state)

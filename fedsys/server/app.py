@@ -26,7 +26,9 @@ class Launch:
 def launch_from_run_config(run_config: dict[str, object]) -> Launch:
     """Build the Launch for ``flwr run .`` from ``[tool.flwr.app.config]`` (+ --run-config)."""
     config_file = str(run_config.get("config-file", "") or "")
-    overrides = [s for s in shlex.split(str(run_config.get("overrides", "")).replace(";", " ")) if s]
+    overrides = [
+        s for s in shlex.split(str(run_config.get("overrides", "")).replace(";", " ")) if s
+    ]
     cfg = load_config(Path(config_file) if config_file else None, overrides)
     return Launch(cfg=cfg, out_dir=Path(str(run_config.get("out-dir", "runs/flwr-run"))))
 

@@ -39,9 +39,12 @@ class StableOrderGrid(Grid):
         return self._inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
-        ids = list(self._inner.get_node_ids())
-        unknown = len(self._labels) + 1
-        return sorted(ids, key=lambda nid: (self._labels.get(nid, unknown), nid))
+        return sorted(self._inner.get_node_ids(), key=self.order_key)
+
+    def order_key(self, node_id: int) -> tuple[int, int]:
+        """Labelled nodes by label, then unlabelled ones by id."""
+        label = self._labels.get(node_id)
+        return (0, label) if label is not None else (1, node_id)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self._inner.push_messages(messages)
@@ -53,6 +56,3 @@ class StableOrderGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         return self._inner.send_and_receive(messages, timeout=timeout)
-
-    def label(self, node_id: int) -> int | None:
-        return self._labels.get(node_id)

@@ -9,7 +9,9 @@ the run's outputs.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,10 +98,19 @@ def _query_partition_labels(grid: Grid, min_nodes: int, timeout: float) -> dict[
             raw = reply.content["info"]["partition-info"]
             info = PartitionInfo.model_validate_json(str(raw))
         except (KeyError, ValidationError) as exc:
-            log.warning("node %d sent an unreadable partition info: %s", reply.metadata.src_node_id, exc)
+            log.warning(
+                "node %d sent an unreadable partition info: %s", reply.metadata.src_node_id, exc
+            )
             continue
         labels[reply.metadata.src_node_id] = info.partition_id
     return labels
+
+
+def _fault_injection(rnd: int) -> None:
+    """Die like ``kill -9`` after round ``FEDSYS_FAULT_KILL_AFTER_ROUND`` (crash-resume tests)."""
+    target = os.environ.get("FEDSYS_FAULT_KILL_AFTER_ROUND")
+    if target and int(target) == rnd:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _state_dict(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -122,7 +133,9 @@ class Federation:
         torch.manual_seed(seed)
         self.model = build_model(cfg.model, info)
         self.device = select_device(cfg.train.device)
-        self.global_arrays = {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+        self.global_arrays = {
+            k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()
+        }
         self.strategy: Strategy = build_strategy(cfg.strategy, cfg.train, cfg.data.num_partitions)
         # Server RNG: draws one seed per round for Flower's node sampling (see _sample_seed).
         self.rng = np.random.default_rng(seed)
@@ -173,6 +186,7 @@ class Federation:
                 append_round(self.paths.metrics, record)
                 self._checkpoint(self.elapsed_before + time.perf_counter() - start)
                 self.reporter.update(record)
+                _fault_injection(self.round)
         finally:
             self.reporter.stop()
         return self._finish(self.elapsed_before + time.perf_counter() - start)
@@ -197,7 +211,11 @@ class Federation:
         )
         for rej in sorted_replies.rejected:
             log.warning("round %d: update from node %d rejected: %s", rnd, rej.node_id, rej.reason)
-        train_loss, client_seconds = self._aggregate(rnd, sorted_replies.accepted)
+        # Aggregate in partition order, not arrival order, so float sums are reproducible.
+        accepted = sorted(
+            sorted_replies.accepted, key=lambda m: grid.order_key(m.metadata.src_node_id)
+        )
+        train_loss, client_seconds = self._aggregate(rnd, accepted)
         self.model.load_state_dict(_state_dict(self.global_arrays))
         res = evaluate(
             self.model,
@@ -213,7 +231,9 @@ class Federation:
             train_loss=train_loss,
             clients=len(sorted_replies.accepted),
             sampled=len(messages),
-            rejected=[RejectedUpdate(node=r.node_id, reason=r.reason) for r in sorted_replies.rejected],
+            rejected=[
+                RejectedUpdate(node=r.node_id, reason=r.reason) for r in sorted_replies.rejected
+            ],
             stragglers_dropped=sorted_replies.stragglers_dropped,
             bytes_up=sorted_replies.bytes_up,
             bytes_down=bytes_down,

@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from fedsys.server.records import RoundRecord  # noqa: E402
+from fedsys.server.records import RoundRecord
 
 
 def plot_curves(records: list[RoundRecord], path: Path, title: str) -> None:

@@ -38,10 +38,21 @@ def _common(cfg: StrategyConfig) -> dict[str, Any]:
 
 
 def build_strategy(cfg: StrategyConfig, train: TrainConfig, num_clients: int) -> Strategy:
-    """The configured Flower strategy, wrapped in Flower's server-side DP when asked."""
+    """The configured Flower strategy, wrapped in Flower's server-side DP when asked.
+
+    Flower's constructors reject some parameter combinations with ValueError; those become a
+    ConfigError naming the section, so the CLI can refuse them before anything starts.
+    """
+    try:
+        return _build(cfg, train, num_clients)
+    except ValueError as exc:
+        raise ConfigError(f"invalid experiment config:\n  strategy: {exc}") from None
+
+
+def _build(cfg: StrategyConfig, train: TrainConfig, num_clients: int) -> Strategy:
     common = _common(cfg)
-    opt = {"eta": cfg.server_lr, "eta_l": train.lr, "tau": cfg.tau}
-    betas = {"beta_1": cfg.beta_1, "beta_2": cfg.beta_2}
+    opt: dict[str, Any] = {"eta": cfg.server_lr, "eta_l": train.lr, "tau": cfg.tau}
+    betas: dict[str, Any] = {"beta_1": cfg.beta_1, "beta_2": cfg.beta_2}
     strategy: Strategy
     match cfg.name:
         case "fedavg":
@@ -89,4 +100,5 @@ def build_strategy(cfg: StrategyConfig, train: TrainConfig, num_clients: int) ->
         noise_multiplier=cfg.dp.noise_multiplier,
         num_sampled_clients=sampled,
         initial_clipping_norm=cfg.dp.clipping_norm,
+        clipped_count_stddev=cfg.dp.clipped_count_stddev,
     )

@@ -14,6 +14,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from fedsys.errors import InvalidUpdate
+from fedsys.protocol import record_number
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def sort_replies(
             delta = arrays[0]
             result.bytes_up += delta.count_bytes()
             metrics = _metrics(node_id, content)
-            if not keep_stragglers and int(metrics.get("straggler", 0)):
+            if not keep_stragglers and record_number(metrics, "straggler", 0) > 0:
                 result.stragglers_dropped += 1
                 continue
             _check_delta(node_id, delta, global_arrays)

@@ -1,0 +1,18 @@
+"""Datasets as in-memory arrays, and their deterministic split across clients."""
+
+from fedsys.data.partition import dirichlet, iid, natural, shards
+from fedsys.data.registry import clear_memo, client_partition, load_dataset, partition_indices
+from fedsys.data.types import ArrayDataset, DatasetInfo
+
+__all__ = [
+    "ArrayDataset",
+    "DatasetInfo",
+    "clear_memo",
+    "client_partition",
+    "dirichlet",
+    "iid",
+    "load_dataset",
+    "natural",
+    "partition_indices",
+    "shards",
+]
