@@ -93,6 +93,8 @@ def train_local(
     batches_per_epoch = max(1, -(-n // cfg.batch_size))
     budget = max(1, round(work_fraction * cfg.local_epochs * batches_per_epoch))
     use_amp = cfg.amp and device.type == "cuda"
+    # fp16 autocast needs loss scaling; the scaler is a no-op when AMP is off.
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
 
     steps, loss_sum, seen = 0, 0.0, 0
     while steps < budget:
@@ -105,13 +107,15 @@ def train_local(
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, enabled=use_amp):
                 loss = loss_fn(model(xb), yb)
-            loss.backward()
+            scaler.scale(loss).backward()
             if anchors:
+                scaler.unscale_(optimizer)  # the proximal gradient is added unscaled
                 with torch.no_grad():
                     for p, anchor in zip(model.parameters(), anchors, strict=True):
                         if p.grad is not None:
                             p.grad.add_(p.detach() - anchor, alpha=proximal_mu)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             steps += 1
             loss_sum += float(loss.detach()) * len(yb)
             seen += len(yb)
