@@ -15,6 +15,11 @@ side always runs on a colder or warmer machine. Round 1 includes starting the Ra
 round over rounds 2..R, and the ratio fedsys / plain of it. Whole-command wall time (Python
 start-up, Ray start and shutdown included) is reported as well.
 
+Flower's simulation engine moves messages by polling every 100 ms (the SuperLink's message
+extractor and the in-memory Grid's pull loop), so round periods come in steps of about 0.1 s
+and a few milliseconds of extra work can move a round to the next step. On a small or busy
+machine, use ``--repeats 4`` or more and read the pooled figures.
+
 Usage::
 
     python simulations/compare_flower.py --rounds 30 --clients 10 --repeats 1
@@ -119,18 +124,20 @@ def _run(cmd: list[str], log_path: Path, timeout: float, watcher: RoundWatcher) 
         )
         deadline = start + timeout
         rc: int | None = None
+        timed_out = False
         while rc is None:
             try:
                 rc = proc.wait(timeout=POLL_SECONDS)
             except subprocess.TimeoutExpired:
                 if time.perf_counter() > deadline:
                     os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    rc = -signal.SIGKILL
+                    rc = proc.wait()
+                    timed_out = True
             watcher.poll(time.perf_counter() - start)
         wall = time.perf_counter() - start
     return {
         "returncode": rc,
+        "timed_out": timed_out,
         "wall_seconds": wall,
         "loadavg_1min_before": load_before[0],
         "loadavg_1min_after": os.getloadavg()[0],
@@ -157,7 +164,7 @@ def _round_stats(rows: list[dict[str, Any]], arrivals: dict[int, float]) -> dict
     for prev, cur in itertools.pairwise(rounds):
         if prev in arrivals and cur in arrivals:
             periods.append(arrivals[cur] - arrivals[prev])
-        else:  # a line not seen (cannot happen with the 10 ms poll unless the file is rewritten)
+        else:  # a line the watcher did not see (only if the file was rewritten)
             periods.append(reported[rounds.index(cur)])
     steady = periods[1:]
     return {
@@ -307,9 +314,13 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"[repeat {repeat + 1}/{args.repeats}] running {side} ...", flush=True)
                 result = RUNNERS[side](args.rounds, args.clients, work, timeout)
                 if not result["ok"]:
+                    why = (
+                        f"timed out after {timeout:.0f} s"
+                        if result["timed_out"]
+                        else f"exit status {result['returncode']}"
+                    )
                     print(
-                        f"  {side} failed (exit {result['returncode']}); log tail:\n"
-                        f"{result['log_tail']}",
+                        f"  {side} failed ({why}); log tail:\n{result['log_tail']}",
                         file=sys.stderr,
                         flush=True,
                     )

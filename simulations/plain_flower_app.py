@@ -5,7 +5,8 @@ a seeded permutation; the same 1-D CNN as fedsys's ``cnn1d``; one local epoch of
 momentum 0.9, batch 32) per round; FedAvg over all nodes; central evaluation on the test set
 after every round. It is what a Flower user would write from Flower's own quickstarts, and it
 imports nothing from fedsys on purpose: the model definition below duplicates fedsys's
-``cnn1d`` (same layers, same shapes, same parameter count) because a baseline that imported
+``cnn1d`` (``fedsys/models/conv1d.py``: same layers, names, shapes and parameter count, and
+the same initial weights from ``torch.manual_seed(0)``) because a baseline that imported
 fedsys would share whatever fedsys costs and could not show it.
 
 Like a careful Flower user, and to keep the baseline as fast as it can fairly be, data is
@@ -15,19 +16,19 @@ from in-memory tensors instead of a DataLoader.
 
 Run it directly (it re-imports itself by name; see the end of the file for why)::
 
-    python simulations/plain_flower_app.py --rounds 30 --num-supernodes 10 --report out.json
+    FLWR_TELEMETRY_ENABLED=0 python simulations/plain_flower_app.py --rounds 30 \
+        --num-supernodes 10 --report out.json
 
 The report holds one entry per round: ``seconds`` is the time from the end of the previous
-central evaluation (round 0 evaluates the initial model) to the end of this round's, so it
-covers sending the model, local training, aggregation and evaluation, as fedsys's per-round
-``seconds`` does.
+central evaluation (round 0 evaluates the initial model) to the end of this round's, i.e. the
+whole round: sending the model, local training, aggregation, evaluation and Flower's own
+work in between. ``simulations/compare_flower.py`` runs it next to ``fedsys simulate``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -246,7 +247,6 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, default=None, help="Append a line per round.")
     args = parser.parse_args()
 
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from flwr.simulation import run_simulation
 
     run_simulation(
