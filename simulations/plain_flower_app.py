@@ -1,7 +1,7 @@
 """The fedsys quickstart written as a plain Flower Message-API app: the baseline for timing.
 
 MNIST-1D (4000 train / 1000 test, 40 features), split IID into one partition per SuperNode by
-a seeded permutation; the same 1-D CNN as fedsys's ``cnn1d``; one local epoch of SGD (lr 0.05,
+a seeded permutation; the same 1-D CNN as fedsys's ``cnn1d``; one local epoch of SGD (lr 0.1,
 momentum 0.9, batch 32) per round; FedAvg over all nodes; central evaluation on the test set
 after every round. It is what a Flower user would write from Flower's own quickstarts, and it
 imports nothing from fedsys on purpose: the model definition below duplicates fedsys's
@@ -44,7 +44,7 @@ DATA_SEED = 42  # MNIST-1D's published seed (the mnist1d package default)
 PARTITION_SEED = 0
 LOCAL_EPOCHS = 1
 BATCH_SIZE = 32
-LR = 0.05
+LR = 0.1
 MOMENTUM = 0.9
 NUM_CLASSES = 10
 

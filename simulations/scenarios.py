@@ -34,8 +34,11 @@ SCENARIOS: dict[str, tuple[str, dict[str, list[str]]]] = {
         "configs/noniid_dirichlet.yaml",
         {
             "fedavg": ["strategy.name=fedavg"],
+            "fedprox(mu=0.01)": ["strategy.name=fedprox", "strategy.proximal_mu=0.01"],
             "fedprox(mu=0.1)": ["strategy.name=fedprox", "strategy.proximal_mu=0.1"],
             "fedadam(eta=0.01)": ["strategy.name=fedadam", "strategy.server_lr=0.01"],
+            "fedadam(eta=0.03)": ["strategy.name=fedadam", "strategy.server_lr=0.03"],
+            "fedadam(eta=0.1)": ["strategy.name=fedadam", "strategy.server_lr=0.1"],
         },
     ),
     "fedprox-synthetic": (

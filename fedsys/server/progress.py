@@ -24,8 +24,8 @@ def _row(r: RoundRecord) -> str:
     rejected = f"  rejected {len(r.rejected)}" if r.rejected else ""
     return (
         f"round {r.round:>4}  acc {r.central_accuracy:.4f}  loss {r.central_loss:.4f}  "
-        f"train {train}  clients {r.clients:>3}  up {r.bytes_up / 1e6:8.3f} MB  "
-        f"down {r.bytes_down / 1e6:8.3f} MB  {r.seconds:6.2f} s{rejected}"
+        f"train {train}  clients {r.clients:>3}  up {r.bytes_up / 1e6:.3f} MB  "
+        f"down {r.bytes_down / 1e6:.3f} MB  {r.seconds:.2f} s{rejected}"
     )
 
 
@@ -49,7 +49,7 @@ class RichReporter:
         self._progress.start()
 
     def update(self, record: RoundRecord) -> None:
-        self._progress.console.print(_row(record), highlight=False)
+        self._progress.console.print(_row(record), highlight=False, soft_wrap=True)
         self._progress.update(
             self._task, completed=record.round, description=f"acc {record.central_accuracy:.4f}"
         )

@@ -1,0 +1,109 @@
+"""Encode a model update through a stage list into wire bytes, and decode it back.
+
+Client::
+
+    pipeline = [Clip(1.0), TopK(0.1), Quantize(bits=8)]
+    encoded = encode_update(delta, pipeline, residual=residual)   # residual: Residual | None
+    payload, residual = encoded.payload, encoded.residual
+
+Error feedback (when a ``Residual`` is passed): the residual is added just before the first
+lossy stage (TopK or Quantize, i.e. after clipping), and the new residual is what that
+compensated update lost through *all* lossy stages, quantization included. The sent update's
+norm can therefore exceed ``Clip.max_norm`` by the residual's norm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedsys.codec.coded import CodedTensor, coded_from_tensors, dense_float32
+from fedsys.codec.residual import Residual
+from fedsys.codec.stages import Stage, check_pipeline, first_lossy
+from fedsys.codec.wire import WireUpdate, pack_update, parse_update
+from fedsys.errors import CodecError, WireFormatError
+
+
+@dataclass(frozen=True)
+class EncodedUpdate:
+    payload: bytes
+    residual: Residual | None
+
+
+def _run_encode(
+    stages: Sequence[Stage], tensors: dict[str, CodedTensor], generator: torch.Generator | None
+) -> dict[str, CodedTensor]:
+    for stage in stages:
+        tensors = stage.encode(tensors, generator)
+    return tensors
+
+
+def _run_decode(stages: Sequence[Stage], tensors: dict[str, CodedTensor]) -> dict[str, CodedTensor]:
+    for stage in reversed(stages):
+        tensors = stage.decode(tensors)
+    return tensors
+
+
+def _compensate(tensors: dict[str, CodedTensor], residual: Residual) -> dict[str, CodedTensor]:
+    floats = {name for name, t in tensors.items() if t.encoding == "f32"}
+    unknown = set(residual.arrays) - floats
+    if unknown:
+        raise CodecError(f"residual holds tensors the update lacks: {sorted(unknown)[:3]}")
+    out = dict(tensors)
+    for name, arr in residual.arrays.items():
+        t = tensors[name]
+        if tuple(arr.shape) != t.shape:
+            raise CodecError(f"residual {name!r} has shape {arr.shape}, tensor has {t.shape}")
+        carried = torch.from_numpy(np.ascontiguousarray(arr).reshape(-1)).to(t.values.device)
+        out[name] = t.with_values(t.values + carried, "f32")
+    return out
+
+
+def encode_update(
+    update: Mapping[str, torch.Tensor],
+    pipeline: Sequence[Stage],
+    *,
+    residual: Residual | None = None,
+    generator: torch.Generator | None = None,
+) -> EncodedUpdate:
+    """Run ``pipeline`` over ``update`` and serialize; returns the payload and new residual.
+
+    ``generator`` drives stochastic rounding (it must live on the tensors' device)."""
+    stages = check_pipeline(pipeline)
+    lossy = first_lossy(stages)
+    tensors = _run_encode(stages[:lossy], coded_from_tensors(update), generator)
+    new_residual = None
+    if residual is None:
+        tensors = _run_encode(stages[lossy:], tensors, generator)
+    else:
+        target = _compensate(tensors, residual)
+        tensors = _run_encode(stages[lossy:], target, generator)
+        sent = _run_decode(stages[lossy:], tensors)
+        new_residual = Residual(
+            {
+                name: (dense_float32(target[name]) - dense_float32(sent[name]))
+                .reshape(t.shape)
+                .cpu()
+                .numpy()
+                for name, t in target.items()
+                if t.encoding == "f32"
+            }
+        )
+    return EncodedUpdate(pack_update(stages, tensors), new_residual)
+
+
+def decode_update(payload: bytes | bytearray | memoryview | WireUpdate) -> dict[str, torch.Tensor]:
+    """Every tensor of an update, in its original shape and dtype (CPU).
+
+    For robust strategies that need individual updates; FedAvg-style sums should use
+    :class:`~fedsys.codec.streaming.StreamingSum` instead. Raises only WireFormatError."""
+    wire = payload if isinstance(payload, WireUpdate) else parse_update(payload)
+    try:
+        return {name: t.to_tensor() for name, t in wire.tensors.items()}
+    except WireFormatError:
+        raise
+    except (ValueError, RuntimeError, IndexError) as exc:  # defence in depth at the boundary
+        raise WireFormatError(f"payload could not be decoded: {exc}") from None

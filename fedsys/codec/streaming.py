@@ -1,0 +1,68 @@
+"""Server-side aggregation in O(model) memory: add each update into running sums as it arrives.
+
+Buffers are preallocated like the global model (float32 for float tensors, float64 for integer
+ones so counters stay exact). Each :meth:`StreamingSum.add` dequantizes block-wise straight
+into the buffers, or scatter-adds a sparse tensor's kept values, so no update is ever held as a
+full float32 copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from fedsys.codec.dtypes import TORCH_DTYPES
+from fedsys.codec.template import TensorSpec, check_layout, template_from
+from fedsys.codec.wire import WireUpdate
+
+
+class StreamingSum:
+    """Running ``sum(weight_i * update_i)`` over validated updates, plus the total weight."""
+
+    def __init__(
+        self,
+        template: Mapping[str, torch.Tensor | np.ndarray | TensorSpec],
+        *,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.template = template_from(template)
+        self.total_weight = 0.0
+        self.count = 0
+        self._buffers = {
+            name: torch.zeros(
+                int(np.prod(spec.shape)),
+                dtype=torch.float32 if spec.is_float else torch.float64,
+                device=device,
+            )
+            for name, spec in self.template.items()
+        }
+
+    def add(self, update: WireUpdate, weight: float) -> None:
+        """Add ``weight * update``; a layout mismatch raises UpdateRejected before any change."""
+        check_layout(update, self.template)
+        for t in update.tensors.values():  # decode positions first: a bad stream changes nothing
+            if t.entry.positions is not None:
+                t.positions()
+        for name, t in update.tensors.items():
+            t.add_into(self._buffers[name], weight)
+        self.total_weight += weight
+        self.count += 1
+
+    def sum(self) -> dict[str, torch.Tensor]:
+        """The weighted sums, shaped like the model (float32 / float64 buffers, not copies)."""
+        return {name: buf.view(self.template[name].shape) for name, buf in self._buffers.items()}
+
+    def mean(self) -> dict[str, torch.Tensor]:
+        """Sum / total weight in the model's dtypes (integer tensors rounded)."""
+        if self.total_weight == 0:
+            raise ValueError("no weight has been added")
+        out: dict[str, torch.Tensor] = {}
+        for name, buf in self.sum().items():
+            spec = self.template[name]
+            avg = buf / self.total_weight
+            if not spec.is_float:
+                avg = torch.round(avg)
+            out[name] = avg.to(TORCH_DTYPES[spec.dtype])
+        return out

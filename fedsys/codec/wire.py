@@ -1,0 +1,151 @@
+"""The versioned binary wire format of one update; no pickle, every byte accounted for.
+
+Layout (little-endian)::
+
+    magic "FSUP" | version u16 | flags u16 (0) | manifest length u32 | manifest CRC32 u32
+    manifest (JSON, :class:`~fedsys.codec.manifest.Manifest`)
+    per tensor, in manifest order: position unary stream, position remainders, scales, values
+
+Each tensor's CRC32 (in the manifest) covers its sections, so corruption is caught before any
+value is read; lengths must add up to the payload size exactly. :func:`parse_update` only ever
+raises :class:`~fedsys.errors.WireFormatError`.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import ValidationError
+
+from fedsys.codec.coded import CodedTensor
+from fedsys.codec.manifest import Manifest, RicePositions, TensorEntry, check_manifest
+from fedsys.codec.rice import encode_positions
+from fedsys.codec.stages import Stage
+from fedsys.codec.wiretensor import WireTensor
+from fedsys.errors import WireFormatError
+
+MAGIC = b"FSUP"
+VERSION = 1
+HEADER = struct.Struct("<4sHHII")
+MAX_MANIFEST_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class WireUpdate:
+    """A parsed payload: the sender's stage list and a lazy view of every tensor."""
+
+    stages: tuple[Stage, ...]
+    tensors: dict[str, WireTensor]
+    nbytes: int
+
+
+def _buffer(t: CodedTensor | None, field: str) -> memoryview:
+    value = getattr(t, field) if t is not None else None
+    if value is None:
+        return memoryview(b"")
+    return memoryview(value.detach().cpu().contiguous().numpy()).cast("B")
+
+
+def pack_update(stages: Sequence[Stage], tensors: dict[str, CodedTensor]) -> bytes:
+    """Serialize coded tensors (after the last stage) with the stage list that made them."""
+    entries: list[TensorEntry] = []
+    parts: list[bytes | memoryview] = []
+    for name, t in tensors.items():
+        sections: list[bytes | memoryview] = []
+        positions = None
+        if t.positions is not None:
+            code = encode_positions(t.positions.detach().cpu().numpy())
+            positions = RicePositions(
+                k=code.k, unary_bytes=len(code.unary), remainder_bytes=len(code.remainders)
+            )
+            sections += [code.unary, code.remainders]
+        scales = _buffer(t, "scales")
+        values = _buffer(t, "values")
+        sections += [scales, values]
+        crc = 0
+        for section in sections:
+            crc = zlib.crc32(section, crc)
+        entries.append(
+            TensorEntry(
+                name=name,
+                shape=list(t.shape),
+                dtype=t.dtype,
+                encoding=t.encoding,
+                count=t.count,
+                block_size=t.block_size,
+                positions=positions,
+                scales_bytes=scales.nbytes,
+                values_bytes=values.nbytes,
+                crc32=crc,
+            )
+        )
+        parts += sections
+    manifest = Manifest(stages=list(stages), tensors=entries).model_dump_json().encode()
+    header = HEADER.pack(MAGIC, VERSION, 0, len(manifest), zlib.crc32(manifest))
+    return b"".join([header, manifest, *parts])
+
+
+def _manifest(view: memoryview) -> tuple[Manifest, int]:
+    if view.nbytes < HEADER.size:
+        raise WireFormatError(f"payload of {view.nbytes} bytes is shorter than the header")
+    magic, version, flags, length, crc = HEADER.unpack_from(view)
+    if magic != MAGIC:
+        raise WireFormatError(f"not a fedsys update (magic {bytes(magic)!r})")
+    if version != VERSION:
+        raise WireFormatError(f"wire format version {version} is unsupported (reads {VERSION})")
+    if flags != 0:
+        raise WireFormatError(f"unknown header flags {flags:#x}")
+    end = HEADER.size + length
+    if length > MAX_MANIFEST_BYTES or end > view.nbytes:
+        raise WireFormatError("payload is truncated inside the manifest")
+    raw = view[HEADER.size : end]
+    if zlib.crc32(raw) != crc:
+        raise WireFormatError("manifest checksum mismatch")
+    try:
+        manifest = Manifest.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise WireFormatError(f"manifest is invalid at {where}: {first['msg']}") from None
+    return manifest, end
+
+
+def parse_update(payload: bytes | bytearray | memoryview) -> WireUpdate:
+    """Check a payload's header, manifest and checksums; the tensors stay views into it."""
+    try:
+        view = memoryview(payload).cast("B")
+    except (TypeError, ValueError):
+        raise WireFormatError("payload is not a contiguous byte buffer") from None
+    manifest, offset = _manifest(view)
+    stages = check_manifest(manifest)
+    total = offset + sum(entry.data_bytes for entry in manifest.tensors)
+    if total != view.nbytes:
+        state = "truncated" if total > view.nbytes else "followed by stray bytes"
+        raise WireFormatError(f"payload is {state} ({view.nbytes} bytes, manifest says {total})")
+    tensors: dict[str, WireTensor] = {}
+    for entry in manifest.tensors:
+        data = view[offset : offset + entry.data_bytes]
+        if zlib.crc32(data) != entry.crc32:
+            raise WireFormatError(f"tensor {entry.name!r} checksum mismatch")
+        pos = entry.positions
+        cuts = np.cumsum(
+            [
+                pos.unary_bytes if pos else 0,
+                pos.remainder_bytes if pos else 0,
+                entry.scales_bytes,
+                entry.values_bytes,
+            ]
+        ).tolist()
+        tensors[entry.name] = WireTensor(
+            entry,
+            unary=data[: cuts[0]],
+            remainders=data[cuts[0] : cuts[1]],
+            scales=data[cuts[1] : cuts[2]],
+            values=data[cuts[2] : cuts[3]],
+        )
+        offset += entry.data_bytes
+    return WireUpdate(stages, tensors, view.nbytes)

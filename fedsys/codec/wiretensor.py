@@ -1,0 +1,123 @@
+"""Read one tensor straight out of a received payload, a block-aligned chunk at a time.
+
+The server never needs a full float32 copy of an update: :meth:`WireTensor.add_into` adds
+``weight * value`` chunk by chunk (about 4 MiB of scratch), or scatter-adds the kept values
+of a sparse tensor. Decoding a whole tensor (for strategies that need each update) is the same
+operation into zeros, so there is one decode path to trust.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedsys.codec.dtypes import FLOAT_NAMES, TORCH_DTYPES
+from fedsys.codec.manifest import TensorEntry
+from fedsys.codec.quantize import dequantize_blocks
+from fedsys.codec.rice import decode_positions
+
+CHUNK_ELEMENTS = 1 << 20
+NUMPY_CODES = {"f32": "<f4", "fp16": "<f2", "int8": "i1", "int4": "u1"}
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    finite: bool
+    sum_of_squares: float
+
+
+@dataclass(frozen=True)
+class WireTensor:
+    """A tensor's manifest entry and views of its sections in the payload (no copies)."""
+
+    entry: TensorEntry
+    unary: memoryview
+    remainders: memoryview
+    scales: memoryview
+    values: memoryview
+    _positions: list[torch.Tensor] = field(default_factory=list, compare=False, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.entry.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return self.entry.dtype in FLOAT_NAMES
+
+    def positions(self) -> torch.Tensor:
+        """Sorted flat indices of a sparse tensor (decoded once, then cached)."""
+        if self._positions:
+            return self._positions[0]
+        pos = self.entry.positions
+        assert pos is not None
+        decoded = decode_positions(
+            np.frombuffer(self.unary, dtype=np.uint8),
+            np.frombuffer(self.remainders, dtype=np.uint8),
+            self.entry.count,
+            pos.k,
+            self.entry.numel,
+        )
+        self._positions.append(torch.from_numpy(decoded))
+        return self._positions[0]
+
+    def raw(self) -> torch.Tensor:
+        """The flat values of a raw (integer/bool) tensor, in its own dtype."""
+        data = np.frombuffer(self.values, dtype=np.uint8).copy()
+        return torch.from_numpy(data).view(TORCH_DTYPES[self.entry.dtype])
+
+    def float_chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """(offset, float32 values) over the coded values; offsets count values, not elements."""
+        e = self.entry
+        chunk = max(CHUNK_ELEMENTS // max(e.block_size, 1), 1) * max(e.block_size, 1)
+        codes = np.frombuffer(self.values, dtype=NUMPY_CODES[e.encoding])
+        scales = torch.from_numpy(np.frombuffer(self.scales, dtype="<f4").astype(np.float32))
+        for start in range(0, e.count, chunk):
+            n = min(chunk, e.count - start)
+            if e.encoding in ("f32", "fp16"):
+                yield start, torch.from_numpy(codes[start : start + n].astype(np.float32))
+                continue
+            if e.encoding == "int4":
+                part = torch.from_numpy(codes[start // 2 : (start + n + 1) // 2].copy())
+            else:
+                part = torch.from_numpy(codes[start : start + n].copy())
+            block0 = start // e.block_size
+            yield start, dequantize_blocks(
+                part, scales[block0:], n, e.encoding, e.block_size  # type: ignore[arg-type]
+            )
+
+    def add_into(self, out: torch.Tensor, weight: float) -> None:
+        """``out += weight * self`` for a flat, contiguous ``out`` shaped like the tensor."""
+        if not self.is_float:
+            out.add_(self.raw().to(device=out.device, dtype=out.dtype), alpha=weight)
+        elif self.entry.positions is not None:
+            values = torch.cat([c for _, c in self.float_chunks()]) if self.entry.count else None
+            if values is not None:
+                index = self.positions().to(out.device)
+                out.index_add_(0, index, values.to(out.device, out.dtype), alpha=weight)
+        else:
+            for start, chunk in self.float_chunks():
+                target = out[start : start + chunk.numel()]
+                target.add_(chunk.to(out.device, out.dtype), alpha=weight)
+
+    def stats(self) -> TensorStats:
+        """Finiteness and sum of squares of the decoded float values (raw tensors: 0)."""
+        if not self.is_float:
+            return TensorStats(True, 0.0)
+        total = 0.0
+        for _, chunk in self.float_chunks():
+            if not bool(torch.isfinite(chunk).all()):
+                return TensorStats(False, float("nan"))
+            total += float(torch.linalg.vector_norm(chunk, dtype=torch.float64)) ** 2
+        return TensorStats(True, total)
+
+    def to_tensor(self) -> torch.Tensor:
+        """The whole decoded tensor, in its original shape and dtype."""
+        if not self.is_float:
+            return self.raw().reshape(self.shape)
+        out = torch.zeros(self.entry.numel, dtype=torch.float32)
+        self.add_into(out, 1.0)
+        return out.to(TORCH_DTYPES[self.entry.dtype]).reshape(self.shape)

@@ -1,0 +1,162 @@
+"""Key material: generate, encode, and store Ed25519 (signing) and X25519 (encryption) keys.
+
+Private keys are PKCS#8 PEM files written atomically with mode 0600 and refused on load when
+group or others can read them (as ssh does). Public keys travel as 32 raw bytes; the
+aggregator's allow-list is a JSON object mapping client id to the hex of its Ed25519 key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from fedsys.errors import KeyFileError
+
+PrivateKey = Ed25519PrivateKey | X25519PrivateKey
+PublicKey = Ed25519PublicKey | X25519PublicKey
+K = TypeVar("K", Ed25519PrivateKey, X25519PrivateKey)
+
+
+@dataclass(frozen=True)
+class ClientKeys:
+    """What a client needs to seal updates: its identity, its signing key, the server's key."""
+
+    client_id: str
+    signing_key: Ed25519PrivateKey
+    aggregator_key: X25519PublicKey
+
+
+@dataclass(frozen=True)
+class AggregatorKeys:
+    """What the aggregator needs to open updates: its X25519 key and the clients it trusts."""
+
+    exchange_key: X25519PrivateKey
+    allow_list: Mapping[str, Ed25519PublicKey]
+
+
+def generate_signing_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def generate_exchange_key() -> X25519PrivateKey:
+    return X25519PrivateKey.generate()
+
+
+def private_to_pem(key: PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def private_from_pem(data: bytes, kind: type[K]) -> K:
+    """Parse an unencrypted PKCS#8 PEM key, which must be of ``kind``."""
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(f"not an unencrypted PEM private key: {exc}") from None
+    if not isinstance(key, kind):
+        raise KeyFileError(f"expected a {kind.__name__}, found a {type(key).__name__}")
+    return key
+
+
+def public_to_raw(key: PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def signing_public_from_raw(raw: bytes) -> Ed25519PublicKey:
+    try:
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise KeyFileError(f"an Ed25519 public key is 32 bytes, got {len(raw)}") from None
+
+
+def exchange_public_from_raw(raw: bytes) -> X25519PublicKey:
+    try:
+        return X25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise KeyFileError(f"an X25519 public key is 32 bytes, got {len(raw)}") from None
+
+
+def _write_atomic(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise KeyFileError(f"{path} exists; refusing to overwrite a key file")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_private_key(path: Path, key: PrivateKey, *, overwrite: bool = False) -> None:
+    """PEM file readable by the owner only (0600), replaced atomically."""
+    _write_atomic(Path(path), private_to_pem(key), 0o600, overwrite)
+
+
+def read_private_key(path: Path, kind: type[K]) -> K:
+    """Load a private key of ``kind``; refuse files that group or others can access."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(f"{path} is accessible by group or others; run chmod 600 {path}")
+    return private_from_pem(data, kind)
+
+
+def write_public_key(path: Path, key: PublicKey, *, overwrite: bool = False) -> None:
+    """The raw public key as hex plus a newline (readable by everyone)."""
+    _write_atomic(Path(path), public_to_raw(key).hex().encode() + b"\n", 0o644, overwrite)
+
+
+def read_exchange_public_key(path: Path) -> X25519PublicKey:
+    """The aggregator's X25519 public key written by :func:`write_public_key`."""
+    try:
+        raw = bytes.fromhex(Path(path).read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"cannot read public key {path}: {exc}") from None
+    return exchange_public_from_raw(raw)
+
+
+def save_allow_list(path: Path, allow_list: Mapping[str, Ed25519PublicKey]) -> None:
+    data = {cid: public_to_raw(key).hex() for cid, key in sorted(allow_list.items())}
+    _write_atomic(Path(path), json.dumps(data, indent=2).encode() + b"\n", 0o644, True)
+
+
+def load_allow_list(path: Path) -> dict[str, Ed25519PublicKey]:
+    """``{"client id": "<64 hex chars>"}`` → client id → Ed25519 public key."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"cannot read allow-list {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise KeyFileError(f"allow-list {path} must be a JSON object")
+    out: dict[str, Ed25519PublicKey] = {}
+    for cid, value in data.items():
+        try:
+            raw = bytes.fromhex(value)
+        except (TypeError, ValueError):
+            raise KeyFileError(f"allow-list {path}: key of {cid!r} is not hex") from None
+        out[cid] = signing_public_from_raw(raw)
+    return out
