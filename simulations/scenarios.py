@@ -1,7 +1,7 @@
 """Run fedsys scenarios side by side and write a JSON report (plus a comparison plot).
 
     python simulations/scenarios.py quickstart        # accuracy + whole-command seconds
-    python simulations/scenarios.py noniid            # FedAvg / FedProx / FedAdam, Dirichlet 0.3
+    python simulations/scenarios.py noniid --seeds 0 1 2  # FedAvg / FedProx / FedAdam, Dir(0.3)
     python simulations/scenarios.py fedprox-synthetic # FedAvg vs FedProx(mu=1), 90% stragglers
 
 Each variant is one ``fedsys simulate`` command in a child process, timed from the outside.
@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,7 +63,8 @@ def run_variant(config: str, overrides: list[str], extra: list[str], timeout: fl
     """One ``fedsys simulate`` in a child process; its summary, rounds and outside wall time."""
     with tempfile.TemporaryDirectory(prefix="fedsys-scenario-") as tmp:
         out = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "fedsys.cli", "simulate", "--config", config, "--out", str(out)]
+        cmd = [sys.executable, "-m", "fedsys.cli", "simulate", "--config", config]
+        cmd += ["--out", str(out)]
         for item in [*overrides, "runtime.progress=false", *extra]:
             cmd += ["--set", item]
         env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
@@ -89,11 +91,11 @@ def run_variant(config: str, overrides: list[str], extra: list[str], timeout: fl
 def plot(report: dict, path: Path) -> None:
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     for label, res in report["variants"].items():
-        rounds = range(1, len(res["accuracy"]) + 1)
-        ax_acc.plot(rounds, res["accuracy"], label=label)
-        ax_loss.plot(rounds, res["loss"], label=label)
-    ax_acc.set(xlabel="round", ylabel="central accuracy")
-    ax_loss.set(xlabel="round", ylabel="central loss")
+        rounds = range(1, len(res["mean_accuracy"]) + 1)
+        ax_acc.plot(rounds, res["mean_accuracy"], label=label)
+        ax_loss.plot(rounds, res["mean_loss"], label=label)
+    ax_acc.set(xlabel="round", ylabel="central accuracy (mean over seeds)")
+    ax_loss.set(xlabel="round", ylabel="central loss (mean over seeds)")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -103,10 +105,15 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _mean(rows: list[list[float]]) -> list[float]:
+    return [statistics.fmean(col) for col in zip(*rows, strict=True)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra override")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="runtime.seed values")
     parser.add_argument("--timeout", type=float, default=1800.0)
     args = parser.parse_args()
 
@@ -114,17 +121,34 @@ def main() -> None:
     report: dict = {
         "scenario": args.scenario,
         "config": config,
+        "seeds": args.seeds,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "variants": {},
     }
     for label, overrides in variants.items():
-        res = run_variant(config, overrides, args.extra, args.timeout)
-        report["variants"][label] = res
-        s = res["summary"]
+        runs = [
+            run_variant(config, overrides, [*args.extra, f"runtime.seed={seed}"], args.timeout)
+            for seed in args.seeds
+        ]
+        finals = [r["summary"]["final_accuracy"] for r in runs]
+        entry = {
+            "final_accuracy_mean": statistics.fmean(finals),
+            "final_accuracy_std": statistics.pstdev(finals),
+            "final_accuracy": finals,
+            "seconds_per_round_mean": statistics.fmean(
+                r["summary"]["seconds_per_round"] for r in runs
+            ),
+            "command_seconds_mean": statistics.fmean(r["command_seconds"] for r in runs),
+            "mean_accuracy": _mean([r["accuracy"] for r in runs]),
+            "mean_loss": _mean([r["loss"] for r in runs]),
+            "runs": runs,
+        }
+        report["variants"][label] = entry
         print(
-            f"{label:34s} final acc {s['final_accuracy']:.4f}  best {s['best_accuracy']:.4f}  "
-            f"{s['rounds']} rounds  {s['seconds_per_round']:.3f} s/round  "
-            f"command {res['command_seconds']:.1f} s",
+            f"{label:34s} final acc {entry['final_accuracy_mean']:.4f} "
+            f"± {entry['final_accuracy_std']:.4f} over {len(runs)} seed(s)  "
+            f"{entry['seconds_per_round_mean']:.3f} s/round  "
+            f"command {entry['command_seconds_mean']:.1f} s",
             flush=True,
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
