@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -45,10 +46,8 @@ def _simulate(args: list[str], env_extra: dict[str, str] | None = None) -> int:
     try:
         _, stderr = proc.communicate(timeout=300)
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     if proc.returncode not in (0, -signal.SIGKILL):
         sys.stderr.write(stderr)
     return proc.returncode

@@ -1,4 +1,4 @@
-"""Local training: deterministic for a seed, FedProx pulls towards the anchor, stragglers do less."""
+"""Local training: seeded and deterministic; FedProx stays near the anchor; stragglers do less."""
 
 from __future__ import annotations
 

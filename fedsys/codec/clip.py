@@ -3,6 +3,8 @@ at most ``max_norm`` (per-tensor clipping would change the update's direction)."
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from typing import Annotated, Literal
 
 import torch
@@ -18,10 +20,10 @@ def global_norm(tensors: dict[str, CodedTensor]) -> float:
     for t in tensors.values():
         if t.encoding == "f32":
             total += float(torch.linalg.vector_norm(t.values, dtype=torch.float64)) ** 2
-    return total**0.5
+    return math.sqrt(total)
 
 
-@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+@dataclass(frozen=True, config=ConfigDict(extra="forbid", strict=True))
 class Clip:
     """Stage: scale the float tensors so their joint L2 norm is at most ``max_norm``."""
 
@@ -36,7 +38,7 @@ class Clip:
             return tensors
         factor = self.max_norm / norm
         return {
-            name: t.with_values(t.values * factor, "f32") if t.encoding == "f32" else t
+            name: replace(t, values=t.values * factor) if t.encoding == "f32" else t
             for name, t in tensors.items()
         }
 

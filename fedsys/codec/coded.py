@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -44,10 +44,6 @@ class CodedTensor:
     @property
     def is_float(self) -> bool:
         return self.dtype in FLOAT_NAMES
-
-    def with_values(self, values: torch.Tensor, encoding: Encoding, **changes: object) -> CodedTensor:
-        """A copy carrying new values (and, through ``changes``, new positions or scales)."""
-        return replace(self, values=values, encoding=encoding, **changes)  # type: ignore[arg-type]
 
 
 def coded_from_tensors(update: Mapping[str, torch.Tensor]) -> dict[str, CodedTensor]:

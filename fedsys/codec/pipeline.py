@@ -15,7 +15,7 @@ norm can therefore exceed ``Clip.max_norm`` by the residual's norm.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ def _compensate(tensors: dict[str, CodedTensor], residual: Residual) -> dict[str
         if tuple(arr.shape) != t.shape:
             raise CodecError(f"residual {name!r} has shape {arr.shape}, tensor has {t.shape}")
         carried = torch.from_numpy(np.ascontiguousarray(arr).reshape(-1)).to(t.values.device)
-        out[name] = t.with_values(t.values + carried, "f32")
+        out[name] = replace(t, values=t.values + carried)
     return out
 
 

@@ -11,6 +11,7 @@ first. All arithmetic is torch, so it runs where the tensor lives (CPU or CUDA).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Literal
 
 import torch
@@ -83,7 +84,7 @@ def unpack_int4(packed: torch.Tensor, count: int) -> torch.Tensor:
     return pairs.to(torch.int8) - 8
 
 
-@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+@dataclass(frozen=True, config=ConfigDict(extra="forbid", strict=True))
 class Quantize:
     """Stage: ``bits`` 16 → fp16, 8 → int8, 4 → int4 (block scales, optional stochastic)."""
 
@@ -110,20 +111,20 @@ class Quantize:
         scheme = self.scheme
         if scheme == "fp16":
             half = t.values.clamp(-FP16_MAX, FP16_MAX).to(torch.float16)
-            return t.with_values(half, "fp16")
+            return replace(t, values=half, encoding="fp16")
         codes, scales = quantize_blocks(
             t.values, scheme, self.block_size, stochastic=self.stochastic, generator=generator
         )
-        return t.with_values(codes, scheme, scales=scales, block_size=self.block_size)
+        return replace(t, values=codes, encoding=scheme, scales=scales, block_size=self.block_size)
 
 
 def decode_values(t: CodedTensor) -> CodedTensor:
     """Turn fp16/int8/int4 values back into float32 (positions stay as they are)."""
     encoding: Encoding = t.encoding
     if encoding == "fp16":
-        return t.with_values(t.values.to(torch.float32), "f32")
+        return replace(t, values=t.values.to(torch.float32), encoding="f32")
     if encoding in ("int8", "int4"):
         assert t.scales is not None
         values = dequantize_blocks(t.values, t.scales, t.count, encoding, t.block_size)
-        return t.with_values(values, "f32", scales=None, block_size=0)
+        return replace(t, values=values, encoding="f32", scales=None, block_size=0)
     return t

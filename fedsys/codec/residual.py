@@ -50,5 +50,6 @@ class Residual:
         return cls.from_arrays(arrays)
 
     def norm(self) -> float:
-        return float(np.sqrt(sum(float(np.square(a, dtype=np.float64).sum())
-                                 for a in self.arrays.values())))
+        return float(
+            np.sqrt(sum(float(np.square(a, dtype=np.float64).sum()) for a in self.arrays.values()))
+        )

@@ -28,8 +28,9 @@ def check_pipeline(stages: Sequence[Stage]) -> tuple[Stage, ...]:
     ranks = [ORDER[stage.kind] for stage in stages]
     if ranks != sorted(set(ranks)):
         kinds = [stage.kind for stage in stages]
-        raise ValueError(f"pipeline {kinds} must use each stage at most once, in the order "
-                         "clip, topk, quantize")
+        raise ValueError(
+            f"pipeline {kinds} must use each stage at most once, in the order clip, topk, quantize"
+        )
     return tuple(stages)
 
 

@@ -44,7 +44,7 @@ class StreamingSum:
         check_layout(update, self.template)
         for t in update.tensors.values():  # decode positions first: a bad stream changes nothing
             if t.entry.positions is not None:
-                t.positions()
+                _ = t.positions
         for name, t in update.tensors.items():
             t.add_into(self._buffers[name], weight)
         self.total_weight += weight

@@ -26,7 +26,9 @@ class TensorSpec:
 Template = Mapping[str, TensorSpec]
 
 
-def template_from(arrays: Mapping[str, torch.Tensor | np.ndarray | TensorSpec]) -> dict[str, TensorSpec]:
+def template_from(
+    arrays: Mapping[str, torch.Tensor | np.ndarray | TensorSpec],
+) -> dict[str, TensorSpec]:
     """Specs from the global model's tensors or numpy arrays (or specs, passed through)."""
     out: dict[str, TensorSpec] = {}
     for name, arr in arrays.items():

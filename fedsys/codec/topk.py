@@ -9,6 +9,7 @@ quantization error of later stages.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Annotated, Literal
 
 import torch
@@ -47,7 +48,7 @@ def top_positions(values: torch.Tensor, k: int) -> torch.Tensor:
     return torch.nonzero(mask).view(-1)
 
 
-@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+@dataclass(frozen=True, config=ConfigDict(extra="forbid", strict=True))
 class TopK:
     """Stage: send only the largest-|x| ``fraction`` of each float tensor, with positions."""
 
@@ -63,8 +64,8 @@ class TopK:
                 out[name] = t
                 continue
             positions = top_positions(t.values, kept_count(self.fraction, t.count))
-            out[name] = t.with_values(
-                t.values[positions], "f32", positions=positions, count=positions.numel()
+            out[name] = replace(
+                t, values=t.values[positions], positions=positions, count=positions.numel()
             )
         return out
 
@@ -77,5 +78,5 @@ class TopK:
                 continue
             dense = t.values.new_zeros(t.numel)
             dense[t.positions] = t.values
-            out[name] = t.with_values(dense, "f32", positions=None, count=t.numel)
+            out[name] = replace(t, values=dense, positions=None, count=t.numel)
         return out

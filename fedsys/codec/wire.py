@@ -106,7 +106,7 @@ def _manifest(view: memoryview) -> tuple[Manifest, int]:
     if zlib.crc32(raw) != crc:
         raise WireFormatError("manifest checksum mismatch")
     try:
-        manifest = Manifest.model_validate_json(raw)
+        manifest = Manifest.model_validate_json(bytes(raw))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -131,6 +131,8 @@ def parse_update(payload: bytes | bytearray | memoryview) -> WireUpdate:
         data = view[offset : offset + entry.data_bytes]
         if zlib.crc32(data) != entry.crc32:
             raise WireFormatError(f"tensor {entry.name!r} checksum mismatch")
+        if entry.dtype == "bool" and entry.count and np.frombuffer(data, np.uint8).max() > 1:
+            raise WireFormatError(f"tensor {entry.name!r} holds bool bytes other than 0 and 1")
         pos = entry.positions
         cuts = np.cumsum(
             [

@@ -9,7 +9,9 @@ operation into zeros, so there is one decode path to trust.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
 
 import numpy as np
 import torch
@@ -38,7 +40,6 @@ class WireTensor:
     remainders: memoryview
     scales: memoryview
     values: memoryview
-    _positions: list[torch.Tensor] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -48,10 +49,9 @@ class WireTensor:
     def is_float(self) -> bool:
         return self.entry.dtype in FLOAT_NAMES
 
+    @cached_property
     def positions(self) -> torch.Tensor:
         """Sorted flat indices of a sparse tensor (decoded once, then cached)."""
-        if self._positions:
-            return self._positions[0]
         pos = self.entry.positions
         assert pos is not None
         decoded = decode_positions(
@@ -61,8 +61,7 @@ class WireTensor:
             pos.k,
             self.entry.numel,
         )
-        self._positions.append(torch.from_numpy(decoded))
-        return self._positions[0]
+        return torch.from_numpy(decoded)
 
     def raw(self) -> torch.Tensor:
         """The flat values of a raw (integer/bool) tensor, in its own dtype."""
@@ -80,14 +79,13 @@ class WireTensor:
             if e.encoding in ("f32", "fp16"):
                 yield start, torch.from_numpy(codes[start : start + n].astype(np.float32))
                 continue
-            if e.encoding == "int4":
+            scheme: Literal["int8", "int4"] = "int4" if e.encoding == "int4" else "int8"
+            if scheme == "int4":
                 part = torch.from_numpy(codes[start // 2 : (start + n + 1) // 2].copy())
             else:
                 part = torch.from_numpy(codes[start : start + n].copy())
             block0 = start // e.block_size
-            yield start, dequantize_blocks(
-                part, scales[block0:], n, e.encoding, e.block_size  # type: ignore[arg-type]
-            )
+            yield start, dequantize_blocks(part, scales[block0:], n, scheme, e.block_size)
 
     def add_into(self, out: torch.Tensor, weight: float) -> None:
         """``out += weight * self`` for a flat, contiguous ``out`` shaped like the tensor."""
@@ -96,7 +94,7 @@ class WireTensor:
         elif self.entry.positions is not None:
             values = torch.cat([c for _, c in self.float_chunks()]) if self.entry.count else None
             if values is not None:
-                index = self.positions().to(out.device)
+                index = self.positions.to(out.device)
                 out.index_add_(0, index, values.to(out.device, out.dtype), alpha=weight)
         else:
             for start, chunk in self.float_chunks():

@@ -61,15 +61,24 @@ def private_to_pem(key: PrivateKey) -> bytes:
     )
 
 
-def private_from_pem(data: bytes, kind: type[K]) -> K:
-    """Parse an unencrypted PKCS#8 PEM key, which must be of ``kind``."""
+def _from_pem(data: bytes, kind: type[K]) -> K:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFileError(f"not an unencrypted PEM private key: {exc}") from None
     if not isinstance(key, kind):
-        raise KeyFileError(f"expected a {kind.__name__}, found a {type(key).__name__}")
+        raise KeyFileError(f"expected an {kind.__name__}, found a {type(key).__name__}")
     return key
+
+
+def signing_key_from_pem(data: bytes) -> Ed25519PrivateKey:
+    """Parse an unencrypted PKCS#8 PEM Ed25519 key."""
+    return _from_pem(data, Ed25519PrivateKey)  # type: ignore[type-abstract]
+
+
+def exchange_key_from_pem(data: bytes) -> X25519PrivateKey:
+    """Parse an unencrypted PKCS#8 PEM X25519 key."""
+    return _from_pem(data, X25519PrivateKey)  # type: ignore[type-abstract]
 
 
 def public_to_raw(key: PublicKey) -> bytes:
@@ -112,8 +121,7 @@ def write_private_key(path: Path, key: PrivateKey, *, overwrite: bool = False) -
     _write_atomic(Path(path), private_to_pem(key), 0o600, overwrite)
 
 
-def read_private_key(path: Path, kind: type[K]) -> K:
-    """Load a private key of ``kind``; refuse files that group or others can access."""
+def _read_private(path: Path) -> bytes:
     path = Path(path)
     try:
         mode = path.stat().st_mode
@@ -122,7 +130,17 @@ def read_private_key(path: Path, kind: type[K]) -> K:
         raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
     if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(f"{path} is accessible by group or others; run chmod 600 {path}")
-    return private_from_pem(data, kind)
+    return data
+
+
+def read_signing_key(path: Path) -> Ed25519PrivateKey:
+    """Load a client's Ed25519 key; refuse files that group or others can access."""
+    return signing_key_from_pem(_read_private(path))
+
+
+def read_exchange_key(path: Path) -> X25519PrivateKey:
+    """Load the aggregator's X25519 key; refuse files that group or others can access."""
+    return exchange_key_from_pem(_read_private(path))
 
 
 def write_public_key(path: Path, key: PublicKey, *, overwrite: bool = False) -> None:
