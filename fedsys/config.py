@@ -132,6 +132,9 @@ class StrategyConfig(Section):
     fraction_train: float = Field(default=1.0, gt=0, le=1)
     min_train_nodes: int = Field(default=2, ge=1)
     min_available_nodes: int = Field(default=2, ge=1)
+    min_accepted: int = Field(
+        default=1, ge=1, description="Fewer accepted updates: the round leaves the model as is."
+    )
     proximal_mu: float = Field(default=0.0, ge=0, description="FedProx's mu.")
     drop_stragglers: bool | None = Field(
         default=None,
@@ -155,23 +158,24 @@ class StrategyConfig(Section):
 
 
 class CodecConfig(Section):
-    """How updates are encoded on the wire (filled in by the update codec)."""
+    """How updates travel: clip -> top-k -> quantize -> wire format -> (encrypt)."""
 
     quantize: Literal["none", "fp16", "int8", "int4"] = "none"
-    topk: float | None = Field(default=None, gt=0, le=1)
-    encrypt: bool = False
-    clip_norm: float | None = Field(default=None, gt=0)
-    block_size: int = Field(default=256, ge=8)
+    topk: float | None = Field(default=None, gt=0, le=1, description="Share of entries kept.")
+    encrypt: bool = Field(default=False, description="Seal updates to the aggregator's key.")
+    cipher: Literal["aes-256-gcm", "chacha20-poly1305"] = "aes-256-gcm"
+    clip_norm: float | None = Field(default=None, gt=0, description="Client-side L2 clipping.")
+    block_size: int = Field(default=256, ge=8, multiple_of=2, description="Quantization block.")
     stochastic_rounding: bool = False
-
-    @model_validator(mode="after")
-    def _available(self) -> CodecConfig:
-        if self.quantize != "none" or self.topk is not None or self.encrypt or self.clip_norm:
-            raise ValueError(
-                "the update codec (quantize/topk/encrypt/clip_norm) is not available in this "
-                "version of fedsys; leave the codec section at its defaults"
-            )
-        return self
+    error_feedback: bool = Field(
+        default=True, description="Carry what top-k/quantization dropped to the next round."
+    )
+    max_update_bytes: int = Field(
+        default=1 << 30, gt=0, description="Server: larger updates are rejected."
+    )
+    max_norm: float | None = Field(
+        default=None, gt=0, description="Server: updates with a larger L2 norm are rejected."
+    )
 
 
 class SecAggConfig(Section):

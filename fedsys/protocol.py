@@ -6,16 +6,34 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
-CONFIG_KEY = "fedsys.config"  # ConfigRecord entry: the ExperimentConfig as JSON
-SEED_KEY = "fedsys.seed"  # ConfigRecord entry: the run seed
+CONFIG_KEY = "fedsys.config"  # train config: the ExperimentConfig as JSON
+SEED_KEY = "fedsys.seed"  # train config: the run seed
+AGGREGATOR_KEY = "fedsys.aggregator-key"  # train config: the server's X25519 public key (raw)
+PAYLOAD_KEY = "payload"  # reply "update" record: an unencrypted wire-format payload
+HELLO_KEY = "hello"  # query reply record entry: a NodeHello as JSON
 
 
-class PartitionInfo(BaseModel):
-    """A node's answer to the server's start-up query."""
+class NodeHello(BaseModel):
+    """A node's answer to the server's start-up query: who it is and which data it holds."""
 
     model_config = ConfigDict(extra="forbid")
 
     partition_id: int = Field(ge=0)
+    client_id: str = Field(min_length=1, max_length=128)
+    signing_key: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", description="Ed25519 public key, raw hex."
+    )
+
+
+def record_nbytes(record: Mapping[str, object]) -> int:
+    """Bytes of the bytes-valued entries of a record: what an update costs on the wire."""
+    total = 0
+    for value in record.values():
+        if isinstance(value, bytes):
+            total += len(value)
+        elif isinstance(value, list):
+            total += sum(len(v) for v in value if isinstance(v, bytes))
+    return total
 
 
 def record_number(record: Mapping[str, object], key: str, default: float | None = None) -> float:

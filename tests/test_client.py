@@ -9,10 +9,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsys.client.app import describe, train
+from fedsys.codec import decode_update
 from fedsys.config import build_config
 from fedsys.data import load_dataset
 from fedsys.models import build_model
-from fedsys.protocol import CONFIG_KEY, SEED_KEY, PartitionInfo
+from fedsys.protocol import CONFIG_KEY, HELLO_KEY, PAYLOAD_KEY, SEED_KEY, NodeHello
 
 CFG = build_config({}, ["model.channels=4", "data.num_partitions=4", "train.batch_size=64"])
 
@@ -48,18 +49,28 @@ def test_train_replies_with_a_delta_and_metrics() -> None:
     )
     msg = Message(content=content, dst_node_id=5, message_type="train")
     reply = train(msg, _context(2))
-    delta = reply.content.array_records["arrays"]
-    assert set(delta.keys()) == set(weights)
-    norms = [float(np.abs(delta[k].numpy()).sum()) for k in weights]
-    assert all(n > 0 for n in norms)  # every tensor moved: the delta is not the weights
-    assert not np.allclose(delta["classifier.weight"].numpy(), weights["classifier.weight"])
+    payload = reply.content.config_records["update"][PAYLOAD_KEY]
+    assert isinstance(payload, bytes)
+    delta = decode_update(payload)
+    assert set(delta) == set(weights)
+    norms = [float(delta[k].abs().sum()) for k in weights]
+    assert all(n > 0 for n in norms)  # every tensor moved
+    # a delta, not weights: small next to the weights themselves
+    assert float(delta["classifier.weight"].abs().mean()) < 0.5 * float(
+        np.abs(weights["classifier.weight"]).mean()
+    )
     metrics = reply.content.metric_records["metrics"]
     assert metrics["num-examples"] == 1000  # 4000 training samples over 4 partitions
     assert float(metrics["train_loss"]) > 0 and metrics["straggler"] == 0
+    assert float(metrics["encode_seconds"]) >= 0
 
 
-def test_query_reports_the_partition() -> None:
+def test_query_introduces_the_node() -> None:
     msg = Message(content=RecordDict(), dst_node_id=5, message_type="query")
-    reply = describe(msg, _context(3))
-    info = PartitionInfo.model_validate_json(str(reply.content["info"]["partition-info"]))
-    assert info.partition_id == 3
+    context = _context(3)
+    reply = describe(msg, context)
+    hello = NodeHello.model_validate_json(str(reply.content["hello"][HELLO_KEY]))
+    assert hello.partition_id == 3 and hello.client_id == "sim-3"
+    assert hello.signing_key is not None and len(hello.signing_key) == 64
+    again = describe(msg, context)  # the key is kept in the node's state
+    assert NodeHello.model_validate_json(str(again.content["hello"][HELLO_KEY])) == hello

@@ -42,7 +42,8 @@ def test_override_creates_nested_sections() -> None:
         ("train.lr=-1", "train.lr: Input should be greater than 0"),
         ("data.partitioner=random", "data.partitioner:"),
         ("strategy.min_available_nodes=50", "exceeds data.num_partitions"),
-        ("codec.quantize=int8", "codec:"),
+        ("codec.quantize=int2", "codec.quantize:"),
+        ("codec.block_size=33", "codec.block_size:"),
     ],
 )
 def test_invalid_values_name_the_field(override: str, path: str) -> None:

@@ -1,4 +1,4 @@
-"""The fedsys ClientApp: receive the global model, train locally, reply with the delta.
+"""The fedsys ClientApp: receive the global model, train locally, reply with the encoded delta.
 
 The experiment config travels with every train message (a few KB of JSON), so a node needs no
 configuration of its own beyond which partition (or, deployed, which data) it holds. Data and
@@ -15,10 +15,21 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from fedsys.client.outbound import encode_delta, signing_key
 from fedsys.config import ExperimentConfig
+from fedsys.crypto import RoundBinding
+from fedsys.crypto.keys import public_to_raw, signing_key_from_pem
 from fedsys.data import client_partition, load_dataset
 from fedsys.models import build_model
-from fedsys.protocol import CONFIG_KEY, SEED_KEY, PartitionInfo, record_number, record_text
+from fedsys.protocol import (
+    AGGREGATOR_KEY,
+    CONFIG_KEY,
+    HELLO_KEY,
+    SEED_KEY,
+    NodeHello,
+    record_number,
+    record_text,
+)
 from fedsys.training import derive_seed, evaluate, select_device, state_delta, train_local
 
 app = ClientApp()
@@ -49,6 +60,12 @@ def _model(config_json: str, seed: int) -> nn.Module:
 
 def _partition_id(context: Context) -> int:
     return int(context.node_config.get("partition-id", 0))
+
+
+def _client_id(context: Context) -> str:
+    """A stable name for this node's signing identity (``client-id`` in the node config)."""
+    named = context.node_config.get("client-id")
+    return str(named) if named else f"sim-{_partition_id(context)}"
 
 
 def _straggler_work(cfg: ExperimentConfig, seed: int, rnd: int, partition_id: int) -> float:
@@ -96,16 +113,27 @@ def train(msg: Message, context: Context) -> Message:
         work_fraction=work,
     )
     delta = state_delta(model.state_dict(), global_state)
+    aggregator_key = config.get(AGGREGATOR_KEY)
+    outbound = encode_delta(
+        delta,
+        cfg.codec,
+        context,
+        client_id=_client_id(context),
+        aggregator_key=aggregator_key if isinstance(aggregator_key, bytes) else None,
+        binding=RoundBinding(run_id=context.run_id, round=rnd, node_id=context.node_id),
+        seed=seed,
+    )
     metrics = MetricRecord(
         {
             "num-examples": result.num_examples,
             "train_loss": result.train_loss,
             "train_seconds": result.seconds,
+            "encode_seconds": outbound.encode_seconds,
             "steps": result.steps,
             "straggler": int(work < 1.0),
         }
     )
-    content = RecordDict({"arrays": ArrayRecord(delta), "metrics": metrics})
+    content = RecordDict({"update": outbound.record, "metrics": metrics})
     return Message(content=content, reply_to=msg)
 
 
@@ -128,7 +156,12 @@ def evaluate_local(msg: Message, context: Context) -> Message:
 
 @app.query()
 def describe(msg: Message, context: Context) -> Message:
-    """Tell the server which partition this node holds (a stable label for sampling)."""
-    info = PartitionInfo(partition_id=_partition_id(context))
-    record = ConfigRecord({"partition-info": info.model_dump_json()})
-    return Message(content=RecordDict({"info": record}), reply_to=msg)
+    """Introduce this node: its partition (a stable label) and its update-signing key."""
+    public = signing_key_from_pem(signing_key(context)).public_key()
+    hello = NodeHello(
+        partition_id=_partition_id(context),
+        client_id=_client_id(context),
+        signing_key=public_to_raw(public).hex(),
+    )
+    record = ConfigRecord({HELLO_KEY: hello.model_dump_json()})
+    return Message(content=RecordDict({"hello": record}), reply_to=msg)

@@ -24,12 +24,16 @@ from flwr.serverapp.strategy import Strategy
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
+from fedsys.codec import UpdatePolicy
 from fedsys.config import ExperimentConfig, dump_config
+from fedsys.crypto import AggregatorKeys, RoundBinding, generate_exchange_key, public_to_raw
+from fedsys.crypto.keys import signing_public_from_raw
 from fedsys.data import load_dataset
 from fedsys.errors import CheckpointError
 from fedsys.models import build_model, count_parameters
-from fedsys.protocol import CONFIG_KEY, SEED_KEY, PartitionInfo
+from fedsys.protocol import AGGREGATOR_KEY, CONFIG_KEY, HELLO_KEY, SEED_KEY, NodeHello
 from fedsys.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedsys.server.collect import Rejection, RoundCollector, RoundResult
 from fedsys.server.grid_view import StableOrderGrid
 from fedsys.server.plots import plot_curves
 from fedsys.server.progress import Reporter
@@ -44,7 +48,6 @@ from fedsys.server.records import (
 )
 from fedsys.server.strategies import build_strategy
 from fedsys.server.strategy_state import export_state, import_state
-from fedsys.server.updates import sort_replies
 from fedsys.training import evaluate, select_device
 
 log = logging.getLogger("fedsys")
@@ -81,8 +84,14 @@ class RunPaths:
         return self.out / "checkpoint"
 
 
-def _query_partition_labels(grid: Grid, min_nodes: int, timeout: float) -> dict[int, int]:
-    """Ask every node which partition it holds; nodes that do not answer stay unlabelled."""
+POLL_SECONDS = 0.01  # between pulls while replies are outstanding
+STREAMING_STRATEGIES = frozenset(
+    {"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"}
+)
+
+
+def _hello(grid: Grid, min_nodes: int, timeout: float) -> dict[int, NodeHello]:
+    """Ask every node who it is; nodes that do not answer stay unknown (and unlabelled)."""
     while len(node_ids := list(grid.get_node_ids())) < min_nodes:
         log.info("waiting for nodes: %d connected, %d needed", len(node_ids), min_nodes)
         time.sleep(1.0)
@@ -90,20 +99,47 @@ def _query_partition_labels(grid: Grid, min_nodes: int, timeout: float) -> dict[
         Message(content=RecordDict(), dst_node_id=nid, message_type=MessageType.QUERY)
         for nid in node_ids
     ]
-    labels: dict[int, int] = {}
+    hellos: dict[int, NodeHello] = {}
     for reply in grid.send_and_receive(queries, timeout=timeout):
-        if reply.has_error() or "info" not in reply.content:
+        node = reply.metadata.src_node_id
+        if reply.has_error() or "hello" not in reply.content.config_records:
+            log.warning("node %d did not introduce itself", node)
             continue
         try:
-            raw = reply.content["info"]["partition-info"]
-            info = PartitionInfo.model_validate_json(str(raw))
+            raw = reply.content.config_records["hello"][HELLO_KEY]
+            hellos[node] = NodeHello.model_validate_json(str(raw))
         except (KeyError, ValidationError) as exc:
-            log.warning(
-                "node %d sent an unreadable partition info: %s", reply.metadata.src_node_id, exc
-            )
-            continue
-        labels[reply.metadata.src_node_id] = info.partition_id
-    return labels
+            log.warning("node %d sent an unreadable hello: %s", node, exc)
+    return hellos
+
+
+def _allow_list(hellos: dict[int, NodeHello]) -> dict[str, object]:
+    """Signing keys announced at start-up (simulation: keys are made per run)."""
+    return {
+        h.client_id: signing_public_from_raw(bytes.fromhex(h.signing_key))
+        for h in hellos.values()
+        if h.signing_key is not None
+    }
+
+
+def _exchange(
+    grid: Grid, messages: list[Message], collector: RoundCollector, timeout: float
+) -> list[int]:
+    """Push ``messages`` and hand each reply to ``collector`` as soon as it arrives.
+
+    Returns the nodes that did not answer within ``timeout``.
+    """
+    ids = list(grid.push_messages(messages))
+    waiting = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True)}
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        replies = list(grid.pull_messages(list(waiting)))
+        for reply in replies:
+            waiting.pop(reply.metadata.reply_to_message_id, None)
+            collector.offer(reply)
+        if waiting and not replies:
+            time.sleep(POLL_SECONDS)
+    return list(waiting.values())
 
 
 def _fault_injection(rnd: int) -> None:
@@ -142,6 +178,17 @@ class Federation:
         self.round = 0
         self.elapsed_before = 0.0
         self.resumed_from: int | None = None
+        # Update encryption: a fresh aggregator key per run (deployment loads one from a file).
+        self.exchange_key = generate_exchange_key() if cfg.codec.encrypt else None
+        self.streaming = cfg.strategy.name in STREAMING_STRATEGIES and cfg.strategy.dp is None
+        self.policy = UpdatePolicy(
+            max_payload_bytes=cfg.codec.max_update_bytes,
+            max_norm=cfg.codec.max_norm,
+            require_envelope=cfg.codec.encrypt,
+        )
+        self.fp32_bytes = sum(
+            v.size * 4 if v.dtype.kind == "f" else v.nbytes for v in self.global_arrays.values()
+        )
 
     def restore(self) -> None:
         """Continue from ``out/checkpoint`` if it exists."""
@@ -174,10 +221,14 @@ class Federation:
         dump_config(self.cfg, self.paths.config)
         if self.resumed_from is None and self.round == 0:
             self.paths.metrics.write_text("")
-        labels = _query_partition_labels(
-            self.grid, self.cfg.strategy.min_available_nodes, self.cfg.train.timeout
+        hellos = _hello(self.grid, self.cfg.strategy.min_available_nodes, self.cfg.train.timeout)
+        grid = StableOrderGrid(self.grid, {n: h.partition_id for n, h in hellos.items()})
+        self.client_ids = {n: h.client_id for n, h in hellos.items()}
+        self.keys = (
+            AggregatorKeys(self.exchange_key, _allow_list(hellos))  # type: ignore[arg-type]
+            if self.exchange_key is not None
+            else None
         )
-        grid = StableOrderGrid(self.grid, labels)
         self.reporter.start(self.cfg.train.rounds, self.round)
         try:
             while self.round < self.cfg.train.rounds:
@@ -203,19 +254,26 @@ class Federation:
         train_config = ConfigRecord(
             {CONFIG_KEY: self.cfg.to_json(), SEED_KEY: self.cfg.runtime.seed}
         )
+        if self.exchange_key is not None:
+            train_config[AGGREGATOR_KEY] = public_to_raw(self.exchange_key.public_key())
         messages = list(self.strategy.configure_train(rnd, arrays, train_config, grid))
-        bytes_down = arrays.count_bytes() * len(messages)
-        replies = list(grid.send_and_receive(messages, timeout=self.cfg.train.timeout))
-        sorted_replies = sort_replies(
-            replies, self.global_arrays, keep_stragglers=self.cfg.strategy.keeps_stragglers
+        run_id = self.grid.run.run_id
+        collector = RoundCollector(
+            self.global_arrays,
+            self.policy,
+            binding=lambda node: RoundBinding(run_id=run_id, round=rnd, node_id=node),
+            keys=self.keys,
+            client_ids=self.client_ids,
+            keep_stragglers=self.cfg.strategy.keeps_stragglers,
+            streaming=self.streaming,
         )
-        for rej in sorted_replies.rejected:
+        silent = _exchange(grid, messages, collector, self.cfg.train.timeout)
+        result = collector.finish(grid.order_key)
+        for node in silent:
+            result.rejected.append(Rejection(node, "no reply within train.timeout"))
+        for rej in result.rejected:
             log.warning("round %d: update from node %d rejected: %s", rnd, rej.node_id, rej.reason)
-        # Aggregate in partition order, not arrival order, so float sums are reproducible.
-        accepted = sorted(
-            sorted_replies.accepted, key=lambda m: grid.order_key(m.metadata.src_node_id)
-        )
-        train_loss, client_seconds = self._aggregate(rnd, accepted)
+        self._aggregate(rnd, result)
         self.model.load_state_dict(_state_dict(self.global_arrays))
         res = evaluate(
             self.model,
@@ -224,45 +282,47 @@ class Federation:
             batch_size=self.cfg.train.eval_batch_size,
             device=self.device,
         )
+        sizes = [r.nbytes for r in result.received]
         return RoundRecord(
             round=rnd,
             central_accuracy=res.accuracy,
             central_loss=res.loss,
-            train_loss=train_loss,
-            clients=len(sorted_replies.accepted),
+            train_loss=result.metrics.get("train_loss"),
+            clients=result.accepted,
             sampled=len(messages),
-            rejected=[
-                RejectedUpdate(node=r.node_id, reason=r.reason) for r in sorted_replies.rejected
-            ],
-            stragglers_dropped=sorted_replies.stragglers_dropped,
-            bytes_up=sorted_replies.bytes_up,
-            bytes_down=bytes_down,
+            rejected=[RejectedUpdate(node=r.node_id, reason=r.reason) for r in result.rejected],
+            stragglers_dropped=result.stragglers_dropped,
+            bytes_up=sum(sizes),
+            client_bytes_up=sizes,
+            compression_ratio=(sum(sizes) / len(sizes) / self.fp32_bytes) if sizes else None,
+            bytes_down=arrays.count_bytes() * len(messages),
             seconds=time.perf_counter() - t0,
-            client_train_seconds=client_seconds,
+            client_train_seconds=result.metrics.get("train_seconds"),
+            encode_seconds=result.metrics.get("encode_seconds"),
+            decode_seconds=result.decode_seconds,
         )
 
-    def _aggregate(self, rnd: int, accepted: list[Message]) -> tuple[float | None, float | None]:
-        """Hand the accepted (reconstructed) replies to the strategy; keep the model if it fails."""
-        if not accepted:
-            log.warning("round %d: no update accepted, the global model stays as it was", rnd)
-            return None, None
+    def _aggregate(self, rnd: int, result: RoundResult) -> None:
+        """Hand the accepted updates to the strategy; keep the model if too few or it fails."""
+        if result.accepted < self.cfg.strategy.min_accepted:
+            log.warning(
+                "round %d: %d update(s) accepted, strategy.min_accepted is %d; "
+                "the global model stays as it was",
+                rnd,
+                result.accepted,
+                self.cfg.strategy.min_accepted,
+            )
+            return
         try:
-            agg_arrays, agg_metrics = self.strategy.aggregate_train(rnd, accepted)
+            agg_arrays, _ = self.strategy.aggregate_train(rnd, result.for_strategy)
         except (ValueError, ArithmeticError) as exc:
             log.warning("round %d: aggregation failed (%s); global model unchanged", rnd, exc)
-            return None, None
+            return
         if agg_arrays is not None:
             self.global_arrays = {
                 k: np.asarray(v.numpy(), dtype=self.global_arrays[k].dtype)
                 for k, v in agg_arrays.items()
             }
-        if agg_metrics is None:
-            return None, None
-        loss, secs = agg_metrics.get("train_loss"), agg_metrics.get("train_seconds")
-        return (
-            float(loss) if isinstance(loss, int | float) else None,
-            float(secs) if isinstance(secs, int | float) else None,
-        )
 
     def _checkpoint(self, wall_seconds: float) -> None:
         strategy_arrays, strategy_state = export_state(self.strategy)

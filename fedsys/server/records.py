@@ -26,10 +26,14 @@ class RoundRecord(BaseModel):
     sampled: int
     rejected: list[RejectedUpdate]
     stragglers_dropped: int
-    bytes_up: int  # serialized update payloads received
+    bytes_up: int  # serialized update payloads received, as they travelled
+    client_bytes_up: list[int] = []  # per update received
+    compression_ratio: float | None = None  # mean update size / the model in fp32
     bytes_down: int  # serialized global model sent
     seconds: float
     client_train_seconds: float | None
+    encode_seconds: float | None = None  # clients' mean, codec + encryption
+    decode_seconds: float = 0.0  # server, all updates: verify, decrypt, decode, add
 
 
 class RunSummary(BaseModel):

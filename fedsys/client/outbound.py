@@ -1,0 +1,101 @@
+"""Turn a client's delta into what travels: codec pipeline, error feedback, envelope.
+
+The residual of the lossy stages (what top-k dropped and what quantization rounded away)
+lives in the node's ``context.state`` between rounds, so error feedback works both in
+simulation (Flower keeps each virtual node's context) and on a long-running SuperNode.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from flwr.app import ConfigRecord, Context, RecordDict
+
+from fedsys.codec import Residual, encode_update, pipeline_from_config
+from fedsys.config import CodecConfig
+from fedsys.crypto import ClientKeys, RoundBinding, exchange_public_from_raw, seal
+from fedsys.crypto.keys import generate_signing_key, private_to_pem, signing_key_from_pem
+from fedsys.protocol import PAYLOAD_KEY
+from fedsys.training import derive_seed
+
+STATE_KEY = "fedsys.client"  # ConfigRecord in context.state
+_RESIDUAL = "residual"
+_SIGNING_KEY = "signing-key-pem"
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """The reply's update record and what it cost to make."""
+
+    record: ConfigRecord
+    nbytes: int
+    encode_seconds: float
+
+
+def _state(context: Context) -> ConfigRecord:
+    state: RecordDict = context.state
+    if STATE_KEY not in state.config_records:
+        state[STATE_KEY] = ConfigRecord()
+    return state.config_records[STATE_KEY]
+
+
+def signing_key(context: Context) -> bytes:
+    """This node's Ed25519 key (PEM), made on first use and kept in the node's state.
+
+    In simulation every run makes fresh keys; a deployed client daemon loads its key from a
+    file instead and never reaches this function.
+    """
+    state = _state(context)
+    pem = state.get(_SIGNING_KEY)
+    if not isinstance(pem, bytes):
+        pem = private_to_pem(generate_signing_key())
+        state[_SIGNING_KEY] = pem
+    return pem
+
+
+def _residual(state: ConfigRecord, cfg: CodecConfig) -> Residual | None:
+    if not cfg.error_feedback or (cfg.quantize == "none" and cfg.topk is None):
+        return None
+    raw = state.get(_RESIDUAL)
+    return Residual.from_bytes(raw) if isinstance(raw, bytes) else Residual()
+
+
+def encode_delta(
+    delta: Mapping[str, torch.Tensor],
+    cfg: CodecConfig,
+    context: Context,
+    *,
+    client_id: str,
+    aggregator_key: bytes | None,
+    binding: RoundBinding,
+    seed: int,
+) -> Outbound:
+    """Encode (and, when configured, seal) ``delta``; updates the stored residual."""
+    start = time.perf_counter()
+    state = _state(context)
+    generator = None
+    if cfg.stochastic_rounding:
+        generator = torch.Generator().manual_seed(
+            derive_seed(seed, binding.round, binding.node_id, 11)
+        )
+    encoded = encode_update(
+        delta, pipeline_from_config(cfg), residual=_residual(state, cfg), generator=generator
+    )
+    if encoded.residual is not None:
+        state[_RESIDUAL] = encoded.residual.to_bytes()
+    if not cfg.encrypt:
+        record = ConfigRecord({PAYLOAD_KEY: encoded.payload})
+        return Outbound(record, len(encoded.payload), time.perf_counter() - start)
+    if aggregator_key is None:
+        raise ValueError("codec.encrypt is on but the server sent no aggregator key")
+    keys = ClientKeys(
+        client_id=client_id,
+        signing_key=signing_key_from_pem(signing_key(context)),
+        aggregator_key=exchange_public_from_raw(aggregator_key),
+    )
+    envelope = seal(encoded.payload, keys, binding, cipher=cfg.cipher)
+    record = ConfigRecord(dict(envelope.to_record_values()))  # type: ignore[arg-type]
+    return Outbound(record, envelope.nbytes, time.perf_counter() - start)
