@@ -24,7 +24,7 @@ from fedsys.codec import (
     parse_update,
     template_from,
 )
-from fedsys.codec.wire import HEADER
+from fedsys.codec.wire import FLAG_DEFLATED_MANIFEST, HEADER
 from fedsys.errors import CodecError, WireFormatError
 
 UPDATE = {
@@ -40,12 +40,16 @@ PAYLOADS = [SPARSE, DENSE4, PLAIN]
 
 
 def split(payload: bytes) -> tuple[dict[str, Any], bytes]:
-    _, _, _, length, _ = HEADER.unpack_from(payload)
-    return json.loads(payload[HEADER.size : HEADER.size + length]), payload[HEADER.size + length :]
+    """Manifest (inflated when the encoder deflated it) and the data after it."""
+    _, _, flags, length, _ = HEADER.unpack_from(payload)
+    raw = payload[HEADER.size : HEADER.size + length]
+    text = zlib.decompress(raw) if flags & FLAG_DEFLATED_MANIFEST else raw
+    return json.loads(text), payload[HEADER.size + length :]
 
 
 def join(manifest: dict[str, Any], data: bytes, *, version: int = 1, recrc: bool = True) -> bytes:
-    """Re-pack with valid checksums, as an adversary (not line noise) would."""
+    """Re-pack with valid checksums, as an adversary (not line noise) would (plain JSON
+    manifest, flags 0: the decoder accepts both forms)."""
     if recrc:
         offset = 0
         for entry in manifest["tensors"]:
@@ -83,7 +87,8 @@ def edited(payload: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
 def test_valid_payloads_parse() -> None:
     for payload in PAYLOADS:
         assert set(parse_update(payload).tensors) == {"w", "b", "n"}
-        assert join(*split(payload)) == payload
+        manifest, data = split(payload)
+        assert parse_update(join(manifest, data)).tensors.keys() == {"w", "b", "n"}
 
 
 @pytest.mark.parametrize(
@@ -91,7 +96,7 @@ def test_valid_payloads_parse() -> None:
     [
         (lambda: b"XXXX" + PLAIN[4:], "magic"),
         (lambda: join(*split(PLAIN), version=2), "version"),
-        (lambda: PLAIN[:6] + b"\x01\x00" + PLAIN[8:], "flags"),
+        (lambda: PLAIN[:6] + b"\x03\x00" + PLAIN[8:], "flags"),
         (lambda: PLAIN + b"\x00", "stray"),
         (lambda: edited(PLAIN, lambda m: m["stages"].append({"kind": "dropout"})), "stages"),
         (lambda: edited(SPARSE, lambda m: m["stages"][0].update(fraction=2.0)), "stages"),
@@ -211,3 +216,14 @@ def test_bool_bytes_other_than_zero_and_one_are_refused() -> None:
     manifest, body = split(payload)
     with pytest.raises(WireFormatError, match="bool"):
         parse_update(join(manifest, body[:-1] + b"\x07"))
+
+
+def test_manifest_is_deflated_and_a_deflate_bomb_is_refused() -> None:
+    _, _, flags, length, _ = HEADER.unpack_from(PLAIN)
+    assert flags & FLAG_DEFLATED_MANIFEST
+    manifest, data = split(PLAIN)
+    assert length < len(json.dumps(manifest)) / 2
+    bomb = zlib.compress(b" " * (65 << 20), 9)
+    payload = HEADER.pack(b"FSUP", 1, FLAG_DEFLATED_MANIFEST, len(bomb), zlib.crc32(bomb)) + bomb
+    with pytest.raises(WireFormatError, match="too large"):
+        parse_update(payload + data)

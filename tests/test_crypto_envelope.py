@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 
@@ -24,6 +23,7 @@ from fedsys.crypto import (
     open_envelope,
     seal,
 )
+from fedsys.crypto.envelope import tags_digest
 from fedsys.errors import (
     CodecError,
     DecryptionFailed,
@@ -51,8 +51,7 @@ def open_(env: Envelope, expect: RoundBinding = BINDING, keys: AggregatorKeys = 
 
 def resigned(env: Envelope, frames: list[bytes], signer: Ed25519PrivateKey = SIGNER) -> Envelope:
     """What a sender with the signing key (but breaking the framing rules) could produce."""
-    digest = hashlib.sha256(b"".join(frames)).digest()
-    header = env.header.model_copy(update={"ciphertext_sha256": digest})
+    header = env.header.model_copy(update={"tags_sha256": tags_digest(frames)})
     return Envelope(header=header, signature=signer.sign(header.signed_bytes()), frames=frames)
 
 
@@ -124,8 +123,7 @@ def test_truncation_cannot_be_hidden_by_rewriting_the_header() -> None:
     env = sealed()
     header = env.header.model_copy(update={"payload_length": 768, "frame_count": 3})
     frames = env.frames[:3]
-    digest = hashlib.sha256(b"".join(frames)).digest()
-    header = header.model_copy(update={"ciphertext_sha256": digest})
+    header = header.model_copy(update={"tags_sha256": tags_digest(frames)})
     forged = Envelope(header=header, signature=SIGNER.sign(header.signed_bytes()), frames=frames)
     with pytest.raises(DecryptionFailed):
         open_(forged)
@@ -216,11 +214,11 @@ def test_fuzzed_header_fields_raise_only_codec_errors(data: st.DataObject) -> No
         open_(Envelope.from_record_values(values))
 
 
-def test_signed_hash_must_match_the_frames() -> None:
+def test_signed_tag_digest_must_match_the_frames() -> None:
     env = sealed()
-    header = env.header.model_copy(update={"ciphertext_sha256": bytes(32)})
+    header = env.header.model_copy(update={"tags_sha256": bytes(32)})
     forged = Envelope(
         header=header, signature=SIGNER.sign(header.signed_bytes()), frames=env.frames
     )
-    with pytest.raises(DecryptionFailed, match="signed hash"):
+    with pytest.raises(DecryptionFailed, match="signed digest"):
         open_(forged)

@@ -2,8 +2,10 @@
 
 Layout (little-endian)::
 
-    magic "FSUP" | version u16 | flags u16 (0) | manifest length u32 | manifest CRC32 u32
-    manifest (JSON, :class:`~fedsys.codec.manifest.Manifest`)
+    magic "FSUP" | version u16 | flags u16 | manifest length u32 | manifest CRC32 u32
+    manifest (JSON, :class:`~fedsys.codec.manifest.Manifest`; zlib-deflated when flags bit 0
+    is set, which the encoder always does: the JSON is ~60 bytes per tensor before deflate,
+    and for small models that is a visible share of an int8 or top-k update)
     per tensor, in manifest order: position unary stream, position remainders, scales, values
 
 Each tensor's CRC32 (in the manifest) covers its sections, so corruption is caught before any
@@ -32,6 +34,8 @@ MAGIC = b"FSUP"
 VERSION = 1
 HEADER = struct.Struct("<4sHHII")
 MAX_MANIFEST_BYTES = 64 << 20
+FLAG_DEFLATED_MANIFEST = 0x1
+KNOWN_FLAGS = FLAG_DEFLATED_MANIFEST
 
 
 @dataclass(frozen=True)
@@ -84,9 +88,25 @@ def pack_update(stages: Sequence[Stage], tensors: dict[str, CodedTensor]) -> byt
             )
         )
         parts += sections
-    manifest = Manifest(stages=list(stages), tensors=entries).model_dump_json().encode()
-    header = HEADER.pack(MAGIC, VERSION, 0, len(manifest), zlib.crc32(manifest))
+    manifest = zlib.compress(
+        Manifest(stages=list(stages), tensors=entries).model_dump_json().encode(), 9
+    )
+    header = HEADER.pack(
+        MAGIC, VERSION, FLAG_DEFLATED_MANIFEST, len(manifest), zlib.crc32(manifest)
+    )
     return b"".join([header, manifest, *parts])
+
+
+def _inflate(raw: memoryview) -> bytes:
+    """Inflate a deflated manifest, refusing one that would exceed MAX_MANIFEST_BYTES."""
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(raw, MAX_MANIFEST_BYTES)
+    except zlib.error as exc:
+        raise WireFormatError(f"manifest does not inflate: {exc}") from None
+    if inflater.unconsumed_tail or not inflater.eof or inflater.unused_data:
+        raise WireFormatError("manifest is too large, truncated or followed by stray bytes")
+    return text
 
 
 def _manifest(view: memoryview) -> tuple[Manifest, int]:
@@ -97,7 +117,7 @@ def _manifest(view: memoryview) -> tuple[Manifest, int]:
         raise WireFormatError(f"not a fedsys update (magic {bytes(magic)!r})")
     if version != VERSION:
         raise WireFormatError(f"wire format version {version} is unsupported (reads {VERSION})")
-    if flags != 0:
+    if flags & ~KNOWN_FLAGS:
         raise WireFormatError(f"unknown header flags {flags:#x}")
     end = HEADER.size + length
     if length > MAX_MANIFEST_BYTES or end > view.nbytes:
@@ -105,8 +125,9 @@ def _manifest(view: memoryview) -> tuple[Manifest, int]:
     raw = view[HEADER.size : end]
     if zlib.crc32(raw) != crc:
         raise WireFormatError("manifest checksum mismatch")
+    text = _inflate(raw) if flags & FLAG_DEFLATED_MANIFEST else bytes(raw)
     try:
-        manifest = Manifest.model_validate_json(bytes(raw))
+        manifest = Manifest.model_validate_json(text)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

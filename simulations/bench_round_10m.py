@@ -1,0 +1,531 @@
+"""Seconds per round with a 10M-parameter model: fedsys with int8 deltas against Flower's FedAvg.
+
+The issue's target: compression must pay off in time, not only in bytes. With 10 simulated
+clients, a 10M-parameter model and trivial local work, fedsys sending int8 deltas must take at
+most 0.5x the seconds per round of Flower's own ``FedAvg`` (Message API) on the same clients
+and model.
+
+Three runs, each a child process of this script (in its own process group, killed whole on
+timeout), on Flower's Ray simulation engine with one CPU per client:
+
+* ``plain``: ``simulations/plain_flower_mlp.py`` (Flower only, no fedsys import): FedAvg,
+  the clients reply with their full float32 weights;
+* ``fedsys-int8``: ``fedsys simulate`` with ``codec.quantize=int8`` (block-scaled int8 deltas,
+  error feedback on, fedsys's default);
+* ``fedsys-fp32``: the same with ``codec.quantize=none`` (float32 deltas);
+* ``fedsys-int8-noef`` (only with ``--with-no-error-feedback``): int8 without error feedback.
+
+All use the MLP ``Linear(40, H) - ReLU - Linear(H, H) - ReLU - Linear(H, 10)`` on MNIST-1D
+(``H^2 + 52 H + 10`` parameters; the default H = 3137 gives 10,003,903), IID over the clients,
+and one SGD step per client and round on its whole share (``batch_size = ceil(4000 /
+clients)``). Both sides score the global model on the 1000 test samples after every round
+(fedsys always does; ``--plain-central-eval none`` drops it on the plain side only).
+
+A round's time is measured from outside, the same way for every run: the time between two
+consecutive rounds' lines appearing in the run's metrics JSONL file (polled every 10 ms).
+Round 1 includes starting the Ray workers, so the headline figures are the steady-state mean
+and median over rounds 2..R; the ratio fedsys-int8 / plain of them is the issue's figure.
+Peak RSS: the run's driver process (ServerApp and simulation engine; Ray's workers are
+separate processes) from ``VmHWM`` in ``/proc/<pid>/status``, and a sampled peak of the RSS
+summed over the driver and all its descendants (Ray's workers included; shared pages such as
+Ray's object store are counted once per process that maps them).
+
+Usage (the full measurement; on a quiet machine, it takes a few minutes)::
+
+    FLWR_TELEMETRY_ENABLED=0 python simulations/bench_round_10m.py
+
+and a quick end-to-end check at small scale::
+
+    python simulations/bench_round_10m.py --hidden 200 --rounds 3 --clients 4 --out /tmp/b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAIN_APP = ROOT / "simulations" / "plain_flower_mlp.py"
+TRAIN_SAMPLES = 4000  # MNIST-1D's training set
+DEFAULT_HIDDEN = 3137  # smallest H with H^2 + 52 H + 10 >= 10M
+TARGET_RATIO = 0.5
+POLL_SECONDS = 0.01
+RSS_POLL_SECONDS = 0.25  # driver's VmHWM (one small /proc read)
+TREE_POLL_SECONDS = 1.0  # RSS summed over the process tree (walks /proc)
+LOG_TAIL_CHARS = 4000
+METHOD = (
+    "seconds per round = time between consecutive rounds' lines appearing in the run's metrics "
+    "JSONL file, polled every 10 ms by this script (round 1: the run's own figure); 'steady' = "
+    "rounds 2..R. reported_* = each run's own per-round 'seconds' (plain: end of one "
+    "evaluate_fn call to the next; fedsys: its round loop, which excludes the checkpoint "
+    "written after each round). Ratios are fedsys / plain."
+)
+
+
+def parameter_count(hidden: int) -> int:
+    """Parameters of ``Linear(40, H) - ReLU - Linear(H, H) - ReLU - Linear(H, 10)``."""
+    return 41 * hidden + (hidden + 1) * hidden + (hidden + 1) * 10
+
+
+# --------------------------------------------------------------------------------------------
+# Child processes: run, watch the rounds, track memory, kill the group on timeout
+# --------------------------------------------------------------------------------------------
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _fedsys_command() -> list[str]:
+    """The ``fedsys`` console script of this interpreter's environment, else ``-m fedsys.cli``."""
+    beside = Path(sys.executable).parent / "fedsys"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("fedsys")
+    return [found] if found else [sys.executable, "-m", "fedsys.cli"]
+
+
+class RoundWatcher:
+    """Notes when each round's line appears in a JSON-lines metrics file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.arrivals: dict[int, float] = {}
+        self._size = -1
+
+    def poll(self, now: float) -> None:
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return
+        if size == self._size:
+            return
+        self._size = size
+        for line in self.path.read_text().splitlines(keepends=True):
+            if not line.endswith("\n"):
+                continue
+            try:
+                rnd = int(json.loads(line)["round"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            self.arrivals.setdefault(rnd, now)
+
+
+def _status_kib(pid: int, field: str) -> int | None:
+    """A ``kB`` field (VmHWM, VmRSS) of ``/proc/<pid>/status``; None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _tree_rss_kib(root: int) -> int | None:
+    """RSS summed over ``root`` and its descendants (Linux /proc; None elsewhere)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its closing paren
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 1 and fields[1].isdigit():
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    total, stack, seen = 0, [root], set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += _status_kib(pid, "VmRSS") or 0
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def _run(cmd: list[str], log_path: Path, timeout: float, watcher: RoundWatcher) -> dict[str, Any]:
+    """Run ``cmd`` in its own process group, output to ``log_path``, watching its rounds and
+    its memory. On timeout the whole group (Ray's raylet and workers included) is killed."""
+    load_before = os.getloadavg()
+    driver_hwm: int | None = None
+    tree_peak: int | None = None
+    with open(log_path, "w") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=_child_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = start + timeout
+        next_rss = next_tree = start
+        rc: int | None = None
+        timed_out = False
+        while rc is None:
+            try:
+                rc = proc.wait(timeout=POLL_SECONDS)
+            except subprocess.TimeoutExpired:
+                now = time.perf_counter()
+                if now > deadline:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    rc = proc.wait()
+                    timed_out = True
+                if now >= next_rss:  # VmHWM only grows: the last reading is the peak so far
+                    driver_hwm = _status_kib(proc.pid, "VmHWM") or driver_hwm
+                    next_rss = now + RSS_POLL_SECONDS
+                if now >= next_tree:
+                    tree = _tree_rss_kib(proc.pid)
+                    if tree is not None:
+                        tree_peak = max(tree_peak or 0, tree)
+                    next_tree = now + TREE_POLL_SECONDS
+            watcher.poll(time.perf_counter() - start)
+        wall = time.perf_counter() - start
+    return {
+        "returncode": rc,
+        "timed_out": timed_out,
+        "wall_seconds": wall,
+        "driver_peak_rss_mib": driver_hwm / 1024 if driver_hwm else None,
+        "tree_peak_rss_mib_sampled": tree_peak / 1024 if tree_peak else None,
+        "loadavg_1min_before": load_before[0],
+        "loadavg_1min_after": os.getloadavg()[0],
+    }
+
+
+def _tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+    except OSError:
+        return ""
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _mean_steady(rows: list[dict[str, Any]], key: str) -> float | None:
+    """Mean of ``key`` over rounds 2..R (all rounds if there is only one), skipping gaps."""
+    values = [float(r[key]) for r in rows[1:] or rows if r.get(key) is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _round_stats(rows: list[dict[str, Any]], arrivals: dict[int, float]) -> dict[str, Any]:
+    """Per-round periods seen from outside, and the run's own per-round figures.
+
+    Round r's observed period is the time from round r-1's line to round r's; round 1 has no
+    predecessor, so its own reported seconds stand in for it."""
+    rows = sorted(rows, key=lambda r: int(r["round"]))
+    reported = [float(r["seconds"]) for r in rows]
+    rounds = [int(r["round"]) for r in rows]
+    periods = [reported[0]]
+    for i in range(1, len(rounds)):
+        prev, cur = rounds[i - 1], rounds[i]
+        if prev in arrivals and cur in arrivals:
+            periods.append(arrivals[cur] - arrivals[prev])
+        else:  # a line the watcher did not see (only if the file was rewritten)
+            periods.append(reported[i])
+    steady = periods[1:] or periods
+    return {
+        "rounds": len(rows),
+        "seconds_per_round_steady": statistics.fmean(steady),
+        "median_seconds_per_round_steady": statistics.median(steady),
+        "min_seconds_per_round_steady": min(steady),
+        "max_seconds_per_round_steady": max(steady),
+        "first_round_seconds": reported[0],
+        "reported_seconds_per_round_steady": statistics.fmean(reported[1:] or reported),
+        "round_seconds": periods,
+        "reported_round_seconds": reported,
+        "bytes_up_per_round": _mean_steady(rows, "bytes_up"),
+        "bytes_down_per_round": _mean_steady(rows, "bytes_down"),
+        "final_accuracy": rows[-1].get("central_accuracy"),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The runs
+# --------------------------------------------------------------------------------------------
+
+
+def run_plain(args: argparse.Namespace, work: Path, timeout: float) -> dict[str, Any]:
+    report, metrics, log = work / "report.json", work / "metrics.jsonl", work / "plain.log"
+    options = [
+        "--hidden",
+        str(args.hidden),
+        "--rounds",
+        str(args.rounds),
+        "--num-supernodes",
+        str(args.clients),
+        "--batch-size",
+        str(args.batch_size),
+        "--central-eval",
+        args.plain_central_eval,
+    ]
+    cmd = [sys.executable, str(PLAIN_APP), *options, "--report", str(report)]
+    cmd += ["--metrics", str(metrics)]
+    watcher = RoundWatcher(metrics)
+    run = _run(cmd, log, timeout, watcher)
+    if run["returncode"] != 0 or not report.exists():
+        return {"ok": False, **run, "log_tail": _tail(log)}
+    data = json.loads(report.read_text())
+    rows = data["rounds"]
+    return {
+        "ok": True,
+        "command": " ".join(["python", str(PLAIN_APP.relative_to(ROOT)), *options]),
+        **run,
+        "model_parameters": data["model_parameters"],
+        "model_bytes": data["model_bytes"],
+        **_round_stats(rows, watcher.arrivals),
+        "mean_client_train_seconds_steady": _mean_steady(rows, "client_train_seconds"),
+    }
+
+
+def _fedsys_runner(quantize: str, error_feedback: bool = True) -> Callable[..., dict[str, Any]]:
+    def run_fedsys(args: argparse.Namespace, work: Path, timeout: float) -> dict[str, Any]:
+        out, log = work / "fedsys-out", work / "fedsys.log"
+        overrides = [
+            "model.name=mlp",
+            f"model.hidden=[{args.hidden},{args.hidden}]",
+            f"data.num_partitions={args.clients}",
+            f"train.rounds={args.rounds}",
+            "train.local_epochs=1",
+            f"train.batch_size={args.batch_size}",
+            f"codec.quantize={quantize}",
+            "runtime.progress=false",
+        ]
+        if not error_feedback:
+            overrides.append("codec.error_feedback=false")
+        cli = ["simulate", *(x for item in overrides for x in ("--set", item))]
+        metrics, summary_path = out / "metrics.jsonl", out / "summary.json"
+        watcher = RoundWatcher(metrics)
+        run = _run([*_fedsys_command(), *cli, "--out", str(out)], log, timeout, watcher)
+        if run["returncode"] != 0 or not summary_path.exists() or not metrics.exists():
+            return {"ok": False, **run, "log_tail": _tail(log)}
+        rows = _read_jsonl(metrics)
+        summary = json.loads(summary_path.read_text())
+        return {
+            "ok": True,
+            "command": "fedsys " + " ".join(cli),
+            **run,
+            "model_parameters": summary.get("model_parameters"),
+            **_round_stats(rows, watcher.arrivals),
+            "compression_ratio": _mean_steady(rows, "compression_ratio"),
+            "mean_client_train_seconds_steady": _mean_steady(rows, "client_train_seconds"),
+            "mean_client_encode_seconds_steady": _mean_steady(rows, "encode_seconds"),
+            "server_decode_seconds_per_round_steady": _mean_steady(rows, "decode_seconds"),
+        }
+
+    return run_fedsys
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "flwr": _version("flwr"),
+        "ray": _version("ray"),
+        "fedsys": _version("fedsys"),
+    }
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    timeout = args.timeout or 240.0 + 30.0 * args.rounds
+    runners: dict[str, Callable[..., dict[str, Any]]] = {
+        "plain": run_plain,
+        "fedsys-int8": _fedsys_runner("int8"),
+        "fedsys-fp32": _fedsys_runner("none"),
+    }
+    if args.with_no_error_feedback:
+        runners["fedsys-int8-noef"] = _fedsys_runner("int8", error_feedback=False)
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-round-10m-") as tmp:
+        for name, runner in runners.items():
+            work = Path(tmp) / name
+            work.mkdir()
+            print(f"running {name} ...", flush=True)
+            result = runner(args, work, timeout)
+            if not result["ok"]:
+                why = (
+                    f"timed out after {timeout:.0f} s"
+                    if result["timed_out"]
+                    else f"exit status {result['returncode']}"
+                )
+                print(f"  {name} failed ({why}); log tail:\n{result['log_tail']}", file=sys.stderr)
+            else:
+                print(
+                    f"  {name}: {result['wall_seconds']:.1f} s wall, "
+                    f"{result['seconds_per_round_steady']:.3f} s/round steady",
+                    flush=True,
+                )
+            results[name] = result
+
+    report: dict[str, Any] = {
+        "settings": {
+            "hidden": args.hidden,
+            "model_parameters": parameter_count(args.hidden),
+            "rounds": args.rounds,
+            "clients": args.clients,
+            "batch_size": args.batch_size,
+            "local_steps_per_round": 1,
+            "plain_central_eval": args.plain_central_eval,
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "timeout_seconds": timeout,
+        },
+        "machine": machine_info(),
+        "method": METHOD,
+        "runs": results,
+        "target_ratio": TARGET_RATIO,
+    }
+    plain = results["plain"]
+    ratios: dict[str, dict[str, float]] = {}
+    for name, res in results.items():
+        if name == "plain" or not (res["ok"] and plain["ok"]):
+            continue
+        ratios[name] = {
+            "steady_mean": res["seconds_per_round_steady"] / plain["seconds_per_round_steady"],
+            "steady_median": (
+                res["median_seconds_per_round_steady"] / plain["median_seconds_per_round_steady"]
+            ),
+        }
+    report["ratios_to_plain"] = ratios
+    if "fedsys-int8" in ratios:
+        report["ratio_int8_steady"] = ratios["fedsys-int8"]["steady_mean"]
+        report["ratio_int8_steady_median"] = ratios["fedsys-int8"]["steady_median"]
+        report["within_target"] = ratios["fedsys-int8"]["steady_mean"] <= TARGET_RATIO
+    return report
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    s, runs = report["settings"], report["runs"]
+    names = list(runs)
+    rows = [
+        ("s/round, steady mean", "seconds_per_round_steady", "{:.3f}", 1),
+        ("s/round, steady median", "median_seconds_per_round_steady", "{:.3f}", 1),
+        ("own 'seconds', steady", "reported_seconds_per_round_steady", "{:.3f}", 1),
+        ("round 1 s", "first_round_seconds", "{:.2f}", 1),
+        ("MB up / round", "bytes_up_per_round", "{:.1f}", 1e6),
+        ("MB down / round", "bytes_down_per_round", "{:.1f}", 1e6),
+        ("client train s (mean)", "mean_client_train_seconds_steady", "{:.3f}", 1),
+        ("client encode s (mean)", "mean_client_encode_seconds_steady", "{:.3f}", 1),
+        ("server decode s / round", "server_decode_seconds_per_round_steady", "{:.3f}", 1),
+        ("driver peak RSS MiB", "driver_peak_rss_mib", "{:.0f}", 1),
+        ("tree peak RSS MiB (sampled)", "tree_peak_rss_mib_sampled", "{:.0f}", 1),
+        ("whole command wall s", "wall_seconds", "{:.1f}", 1),
+    ]
+    print()
+    print(
+        f"H={s['hidden']} ({s['model_parameters']:,} parameters), {s['clients']} clients, "
+        f"{s['rounds']} rounds, batch {s['batch_size']} (one step per client and round)"
+    )
+    print(f"{'':28}" + "".join(f"{n:>18}" for n in names))
+    for label, key, fmt, scale in rows:
+        cells = []
+        for n in names:
+            res = runs[n]
+            value = res.get(key) if res["ok"] else None
+            cells.append(
+                "failed" if not res["ok"] else _cell(None if value is None else value / scale, fmt)
+            )
+        print(f"{label:28}" + "".join(f"{c:>18}" for c in cells))
+    for name, ratio in report["ratios_to_plain"].items():
+        print(
+            f"ratio {name} / plain, steady s/round: mean {ratio['steady_mean']:.3f}, "
+            f"median {ratio['steady_median']:.3f}"
+        )
+    if "within_target" in report:
+        verdict = "within" if report["within_target"] else "ABOVE"
+        print(f"fedsys-int8 is {verdict} the {report['target_ratio']}x target")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        default=DEFAULT_HIDDEN,
+        help=f"MLP width H (default {DEFAULT_HIDDEN}: {parameter_count(DEFAULT_HIDDEN):,} params).",
+    )
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "simulations" / "results" / "bench_round_10m.json"
+    )
+    parser.add_argument(
+        "--plain-central-eval",
+        choices=("test", "none"),
+        default="test",
+        help="Plain side's per-round central evaluation (fedsys always evaluates; default test).",
+    )
+    parser.add_argument(
+        "--with-no-error-feedback",
+        action="store_true",
+        help="Also run fedsys with int8 and codec.error_feedback=false.",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="Seconds allowed per run (default 240 + 30 per round).",
+    )
+    args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be >= 2 (round 1 is the warm-up)")
+    if not 2 <= args.clients <= TRAIN_SAMPLES:
+        parser.error(f"--clients must be in 2..{TRAIN_SAMPLES}")
+    if args.hidden < 1:
+        parser.error("--hidden must be >= 1")
+    # Every client's share fits in one batch, so one local epoch is exactly one step.
+    args.batch_size = math.ceil(TRAIN_SAMPLES / args.clients)
+
+    report = bench(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    print(f"report: {args.out}")
+    return 0 if all(r["ok"] for r in report["runs"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
