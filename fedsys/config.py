@@ -94,6 +94,9 @@ class TrainConfig(Section):
         description="Share of sampled clients per round that finish only part of their local "
         "work (FedProx's systems heterogeneity).",
     )
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Cap on local optimizer steps per round."
+    )
     eval_batch_size: int = Field(default=1024, ge=1)
     timeout: float = Field(default=600.0, gt=0, description="Seconds to wait for replies.")
 
@@ -225,6 +228,11 @@ class RuntimeConfig(Section):
     client_cpus: float = Field(default=1.0, gt=0, description="Ray CPUs per virtual client.")
     client_gpus: float = Field(default=0.0, ge=0, description="Ray GPUs per virtual client.")
     torch_threads: int = Field(default=1, ge=1, description="Torch threads per client process.")
+    node_state_dir: Path | None = Field(
+        default=None,
+        description="Where nodes keep large state (error-feedback residuals); default "
+        "<fedsys cache>/node-state.",
+    )
     progress: bool = Field(default=True, description="Live rich table per round.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 

@@ -35,7 +35,9 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
         "init_args": {"logging_level": logging.ERROR, "log_to_driver": True},
     }
     run_simulation(
-        server_app=make_server_app(Launch(cfg=cfg, out_dir=out_dir, resume=resume)),
+        server_app=make_server_app(
+            Launch(cfg=cfg, out_dir=out_dir, resume=resume, simulation=True)
+        ),
         client_app=client_app,
         num_supernodes=cfg.data.num_partitions,
         backend_config=backend_config,  # type: ignore[arg-type]

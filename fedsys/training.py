@@ -92,6 +92,8 @@ def train_local(
     n = len(y)
     batches_per_epoch = max(1, -(-n // cfg.batch_size))
     budget = max(1, round(work_fraction * cfg.local_epochs * batches_per_epoch))
+    if cfg.max_steps is not None:
+        budget = min(budget, cfg.max_steps)
     use_amp = cfg.amp and device.type == "cuda"
     # fp16 autocast needs loss scaling; the scaler is a no-op when AMP is off.
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)

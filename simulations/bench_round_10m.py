@@ -5,8 +5,8 @@ clients, a 10M-parameter model and trivial local work, fedsys sending int8 delta
 most 0.5x the seconds per round of Flower's own ``FedAvg`` (Message API) on the same clients
 and model.
 
-Three runs, each a child process of this script (in its own process group, killed whole on
-timeout), on Flower's Ray simulation engine with one CPU per client:
+Three runs (a fourth on request), each a child process of this script (in its own process
+group, killed whole on timeout), on Flower's Ray simulation engine with one CPU per client:
 
 * ``plain``: ``simulations/plain_flower_mlp.py`` (Flower only, no fedsys import): FedAvg,
   the clients reply with their full float32 weights;
@@ -34,7 +34,11 @@ Usage (the full measurement; on a quiet machine, it takes a few minutes)::
 
     FLWR_TELEMETRY_ENABLED=0 python simulations/bench_round_10m.py
 
-and a quick end-to-end check at small scale::
+``--with-no-error-feedback`` adds the int8 run without error feedback; ``--fedsys-set
+KEY=VALUE`` (repeatable) appends overrides to every fedsys run; ``--batch-size`` changes
+both sides' minibatch (below a client's share the plain side still takes one step while fedsys
+takes a whole local epoch, so keep the default for like-for-like work). A quick end-to-end
+check at small scale::
 
     python simulations/bench_round_10m.py --hidden 200 --rounds 3 --clients 4 --out /tmp/b.json
 """
@@ -322,6 +326,7 @@ def _fedsys_runner(quantize: str, error_feedback: bool = True) -> Callable[..., 
         ]
         if not error_feedback:
             overrides.append("codec.error_feedback=false")
+        overrides += args.fedsys_set
         cli = ["simulate", *(x for item in overrides for x in ("--set", item))]
         metrics, summary_path = out / "metrics.jsonl", out / "summary.json"
         watcher = RoundWatcher(metrics)
@@ -404,7 +409,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": args.rounds,
             "clients": args.clients,
             "batch_size": args.batch_size,
-            "local_steps_per_round": 1,
+            "fedsys_extra_overrides": args.fedsys_set,
             "plain_central_eval": args.plain_central_eval,
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
             "timeout_seconds": timeout,
@@ -457,7 +462,7 @@ def print_table(report: dict[str, Any]) -> None:
     print()
     print(
         f"H={s['hidden']} ({s['model_parameters']:,} parameters), {s['clients']} clients, "
-        f"{s['rounds']} rounds, batch {s['batch_size']} (one step per client and round)"
+        f"{s['rounds']} rounds, batch {s['batch_size']}"
     )
     print(f"{'':28}" + "".join(f"{n:>18}" for n in names))
     for label, key, fmt, scale in rows:
@@ -499,6 +504,20 @@ def main() -> int:
         help="Plain side's per-round central evaluation (fedsys always evaluates; default test).",
     )
     parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="Both sides' minibatch (default ceil(4000 / clients): one step per client and "
+        "round; a smaller batch makes fedsys take one local epoch of several steps).",
+    )
+    parser.add_argument(
+        "--fedsys-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Extra override for every fedsys run, after the benchmark's own (repeatable).",
+    )
+    parser.add_argument(
         "--with-no-error-feedback",
         action="store_true",
         help="Also run fedsys with int8 and codec.error_feedback=false.",
@@ -516,8 +535,11 @@ def main() -> int:
         parser.error(f"--clients must be in 2..{TRAIN_SAMPLES}")
     if args.hidden < 1:
         parser.error("--hidden must be >= 1")
-    # Every client's share fits in one batch, so one local epoch is exactly one step.
-    args.batch_size = math.ceil(TRAIN_SAMPLES / args.clients)
+    if args.batch_size is None:
+        # Every client's share fits in one batch, so one local epoch is exactly one step.
+        args.batch_size = math.ceil(TRAIN_SAMPLES / args.clients)
+    elif args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
 
     report = bench(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsys.client.app import describe, train
+from fedsys.client.node_state import load_residual
 from fedsys.codec import decode_update
 from fedsys.config import build_config
 from fedsys.data import load_dataset
@@ -74,3 +77,31 @@ def test_query_introduces_the_node() -> None:
     assert hello.signing_key is not None and len(hello.signing_key) == 64
     again = describe(msg, context)  # the key is kept in the node's state
     assert NodeHello.model_validate_json(str(again.content["hello"][HELLO_KEY])) == hello
+
+
+def test_error_feedback_residual_lives_in_a_node_file(tmp_path: Path) -> None:
+    cfg = build_config(
+        {},
+        [
+            "model.channels=4",
+            "data.num_partitions=4",
+            "train.batch_size=64",
+            "codec.quantize=int4",
+            f"runtime.node_state_dir={tmp_path}",
+        ],
+    )
+    weights = _global()
+    config = ConfigRecord({CONFIG_KEY: cfg.to_json(), SEED_KEY: 0, "server-round": 1})
+    content = RecordDict(
+        {"arrays": ArrayRecord({k: Array(v) for k, v in weights.items()}), "config": config}
+    )
+    context = _context(1)
+    train(Message(content=content, dst_node_id=5, message_type="train"), context)
+    files = list(tmp_path.rglob("*.residual"))
+    assert [f.name for f in files] == ["sim-1.residual"]
+    residual = load_residual(tmp_path, context.run_id, "sim-1")
+    assert residual.arrays and residual.norm() > 0  # int4 rounding left something behind
+    assert "fedsys.client" not in context.state.config_records or all(
+        not isinstance(v, bytes) or len(v) < 1000
+        for v in context.state.config_records["fedsys.client"].values()
+    )

@@ -139,7 +139,9 @@ def test_non_finite_values_are_rejected(encoding: str) -> None:
 def test_norm_bound_and_size_limit() -> None:
     update = delta(0)
     payload = encode_update(update, [Quantize(bits=8)]).payload
-    norm = check_payload(payload, TEMPLATE, OPEN).norm
+    assert check_payload(payload, TEMPLATE, OPEN).norm is None  # no bound: not computed
+    norm = check_payload(payload, TEMPLATE, UpdatePolicy(max_norm=1e9, require_envelope=False)).norm
+    assert norm is not None
     true_norm = sum(float(t.double().norm()) ** 2 for t in update.values() if t.is_floating_point())
     assert norm == pytest.approx(true_norm**0.5, rel=1e-2)
     with pytest.raises(UpdateRejected, match="norm"):

@@ -55,6 +55,9 @@ def test_stragglers_do_a_fraction_of_the_steps() -> None:
     cfg = TrainConfig(local_epochs=4, batch_size=32)
     res = train_local(_model(), x, y, cfg, seed=1, device=torch.device("cpu"), work_fraction=0.25)
     assert res.steps == 8
+    capped = TrainConfig(local_epochs=4, batch_size=32, max_steps=3)
+    res = train_local(_model(), x, y, capped, seed=1, device=torch.device("cpu"))
+    assert res.steps == 3
 
 
 def test_device_and_seed_helpers() -> None:

@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from fedsys.client.node_state import state_root
 from fedsys.client.outbound import encode_delta, signing_key
 from fedsys.config import ExperimentConfig
 from fedsys.crypto import RoundBinding
@@ -122,6 +123,7 @@ def train(msg: Message, context: Context) -> Message:
         aggregator_key=aggregator_key if isinstance(aggregator_key, bytes) else None,
         binding=RoundBinding(run_id=context.run_id, round=rnd, node_id=context.node_id),
         seed=seed,
+        state_dir=state_root(cfg.runtime.node_state_dir),
     )
     metrics = MetricRecord(
         {

@@ -1,8 +1,8 @@
 """Turn a client's delta into what travels: codec pipeline, error feedback, envelope.
 
-The residual of the lossy stages (what top-k dropped and what quantization rounded away)
-lives in the node's ``context.state`` between rounds, so error feedback works both in
-simulation (Flower keeps each virtual node's context) and on a long-running SuperNode.
+The residual of the lossy stages (what top-k dropped and what quantization rounded away) is
+kept in a node-local file between rounds (``fedsys.client.node_state``): it is as large as the
+model, too large to ride in ``context.state``, which Flower ships with every message.
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 
-from fedsys.codec import Residual, encode_update, pipeline_from_config
+from fedsys.client.node_state import load_residual, save_residual
+from fedsys.codec import encode_update, pipeline_from_config
 from fedsys.config import CodecConfig
 from fedsys.crypto import ClientKeys, RoundBinding, exchange_public_from_raw, seal
 from fedsys.crypto.keys import generate_signing_key, private_to_pem, signing_key_from_pem
@@ -22,7 +24,6 @@ from fedsys.protocol import PAYLOAD_KEY
 from fedsys.training import derive_seed
 
 STATE_KEY = "fedsys.client"  # ConfigRecord in context.state
-_RESIDUAL = "residual"
 _SIGNING_KEY = "signing-key-pem"
 
 
@@ -56,11 +57,8 @@ def signing_key(context: Context) -> bytes:
     return pem
 
 
-def _residual(state: ConfigRecord, cfg: CodecConfig) -> Residual | None:
-    if not cfg.error_feedback or (cfg.quantize == "none" and cfg.topk is None):
-        return None
-    raw = state.get(_RESIDUAL)
-    return Residual.from_bytes(raw) if isinstance(raw, bytes) else Residual()
+def uses_error_feedback(cfg: CodecConfig) -> bool:
+    return cfg.error_feedback and (cfg.quantize != "none" or cfg.topk is not None)
 
 
 def encode_delta(
@@ -72,20 +70,23 @@ def encode_delta(
     aggregator_key: bytes | None,
     binding: RoundBinding,
     seed: int,
+    state_dir: Path,
 ) -> Outbound:
     """Encode (and, when configured, seal) ``delta``; updates the stored residual."""
     start = time.perf_counter()
-    state = _state(context)
+    residual = (
+        load_residual(state_dir, binding.run_id, client_id) if uses_error_feedback(cfg) else None
+    )
     generator = None
     if cfg.stochastic_rounding:
         generator = torch.Generator().manual_seed(
             derive_seed(seed, binding.round, binding.node_id, 11)
         )
     encoded = encode_update(
-        delta, pipeline_from_config(cfg), residual=_residual(state, cfg), generator=generator
+        delta, pipeline_from_config(cfg), residual=residual, generator=generator
     )
     if encoded.residual is not None:
-        state[_RESIDUAL] = encoded.residual.to_bytes()
+        save_residual(state_dir, binding.run_id, client_id, encoded.residual)
     if not cfg.encrypt:
         record = ConfigRecord({PAYLOAD_KEY: encoded.payload})
         return Outbound(record, len(encoded.payload), time.perf_counter() - start)

@@ -15,6 +15,7 @@ import torch
 from fedsys.codec.dtypes import TORCH_DTYPES
 from fedsys.codec.template import TensorSpec, check_layout, template_from
 from fedsys.codec.wire import WireUpdate
+from fedsys.codec.wiretensor import CHUNK_ELEMENTS
 
 
 class StreamingSum:
@@ -36,6 +37,7 @@ class StreamingSum:
             name: torch.zeros(int(np.prod(spec.shape)), dtype=torch.float64, device=device)
             for name, spec in self.template.items()
         }
+        self._scratch = torch.empty(CHUNK_ELEMENTS, dtype=torch.float64, device=device)
 
     def add(self, update: WireUpdate, weight: float) -> None:
         """Add ``weight * update``; a layout mismatch raises UpdateRejected before any change."""
@@ -44,7 +46,7 @@ class StreamingSum:
             if t.entry.positions is not None:
                 _ = t.positions
         for name, t in update.tensors.items():
-            t.add_into(self._buffers[name], weight)
+            t.add_into(self._buffers[name], weight, self._scratch)
         self.total_weight += weight
         self.count += 1
 

@@ -37,7 +37,7 @@ class CheckedUpdate:
     """A validated update, ready for :class:`~fedsys.codec.streaming.StreamingSum` or decoding."""
 
     wire: WireUpdate
-    norm: float
+    norm: float | None  # L2 norm; None when the policy has no bound (not computed)
     payload_bytes: int
     client_id: str | None
 
@@ -57,12 +57,12 @@ def check_payload(
     for name, t in wire.tensors.items():
         if t.entry.positions is not None:
             _ = t.positions  # a corrupt position stream fails here, before anything is summed
-        stats = t.stats()
+        stats = t.stats(need_norm=policy.max_norm is not None)
         if not stats.finite:
             raise UpdateRejected(f"tensor {name!r} holds NaN or infinite values")
         total += stats.sum_of_squares
-    norm = math.sqrt(total)
-    if policy.max_norm is not None and norm > policy.max_norm:
+    norm = math.sqrt(total) if policy.max_norm is not None else None
+    if policy.max_norm is not None and norm is not None and norm > policy.max_norm:
         raise UpdateRejected(f"update L2 norm {norm:.6g} exceeds the bound {policy.max_norm:.6g}")
     return CheckedUpdate(wire, norm, size, None)
 

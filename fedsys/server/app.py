@@ -9,6 +9,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedsys.client.node_state import drop_run, state_root
 from fedsys.config import ExperimentConfig, load_config
 from fedsys.server.loop import run_federation
 from fedsys.server.progress import LogReporter, Reporter, RichReporter
@@ -21,6 +22,7 @@ class Launch:
     cfg: ExperimentConfig
     out_dir: Path
     resume: bool = False
+    simulation: bool = False  # nodes share this machine's disk: drop their run state at the end
 
 
 def launch_from_run_config(run_config: dict[str, object]) -> Launch:
@@ -44,8 +46,12 @@ def make_server_app(launch: Launch | None = None) -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         chosen = launch or launch_from_run_config(dict(context.run_config))
-        run_federation(
-            grid, chosen.cfg, chosen.out_dir, _reporter(chosen.cfg), resume=chosen.resume
-        )
+        try:
+            run_federation(
+                grid, chosen.cfg, chosen.out_dir, _reporter(chosen.cfg), resume=chosen.resume
+            )
+        finally:
+            if chosen.simulation:
+                drop_run(state_root(chosen.cfg.runtime.node_state_dir), grid.run.run_id)
 
     return app
