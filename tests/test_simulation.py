@@ -72,7 +72,7 @@ def test_outputs(full_run: Path) -> None:
         assert 0.0 <= r.central_accuracy <= 1.0 and r.central_loss > 0
         # two fp32 models each way: the wire format's header is small next to the tensors
         assert len(r.client_bytes_up) == 2 and sum(r.client_bytes_up) == r.bytes_up
-        assert abs(r.bytes_up - r.bytes_down) < 0.05 * r.bytes_down
+        assert 0.9 * r.bytes_down < r.bytes_up < 1.1 * r.bytes_down
         assert r.compression_ratio is not None and 1.0 <= r.compression_ratio < 1.2
         assert r.seconds > 0 and r.train_loss is not None
     summary = json.loads((full_run / "summary.json").read_text())
