@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -113,7 +114,7 @@ def _hello(grid: Grid, min_nodes: int, timeout: float) -> dict[int, NodeHello]:
     return hellos
 
 
-def _allow_list(hellos: dict[int, NodeHello]) -> dict[str, object]:
+def _allow_list(hellos: dict[int, NodeHello]) -> dict[str, Ed25519PublicKey]:
     """Signing keys announced at start-up (simulation: keys are made per run)."""
     return {
         h.client_id: signing_public_from_raw(bytes.fromhex(h.signing_key))
@@ -189,6 +190,9 @@ class Federation:
         self.fp32_bytes = sum(
             v.size * 4 if v.dtype.kind == "f" else v.nbytes for v in self.global_arrays.values()
         )
+        # Filled by the start-up hello in run(): node -> client id, and the aggregator's keys.
+        self.client_ids: dict[int, str] = {}
+        self.keys: AggregatorKeys | None = None
 
     def restore(self) -> None:
         """Continue from ``out/checkpoint`` if it exists."""
@@ -225,7 +229,7 @@ class Federation:
         grid = StableOrderGrid(self.grid, {n: h.partition_id for n, h in hellos.items()})
         self.client_ids = {n: h.client_id for n, h in hellos.items()}
         self.keys = (
-            AggregatorKeys(self.exchange_key, _allow_list(hellos))  # type: ignore[arg-type]
+            AggregatorKeys(self.exchange_key, _allow_list(hellos))
             if self.exchange_key is not None
             else None
         )
