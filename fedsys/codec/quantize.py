@@ -25,6 +25,19 @@ QMAX = {"int8": 127, "int4": 7}
 FP16_MAX = 65504.0
 
 
+def _blocks(values: torch.Tensor, block_size: int) -> list[torch.Tensor]:
+    """(n, block_size) views of the full blocks, plus the zero-padded last block if partial.
+
+    Only the tail is copied: padding the whole tensor would copy every value once more.
+    """
+    full = values.numel() // block_size * block_size
+    parts = [values[:full].view(-1, block_size)] if full else []
+    if values.numel() > full:
+        tail = values[full:]
+        parts.append(F.pad(tail, (0, block_size - tail.numel())).view(1, block_size))
+    return parts
+
+
 def quantize_blocks(
     values: torch.Tensor,
     scheme: Literal["int8", "int4"],
@@ -36,19 +49,25 @@ def quantize_blocks(
     """Flat float32 ``values`` → (codes, float32 scales); int4 codes come back packed."""
     count = values.numel()
     qmax = QMAX[scheme]
-    blocks = -(-count // block_size)
-    padded = F.pad(values, (0, blocks * block_size - count)).view(blocks, block_size)
-    scales = padded.abs().amax(dim=1) / qmax if blocks else values.new_zeros(0)
-    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-    scaled = padded / safe[:, None]
-    if stochastic:
-        noise = torch.rand(
-            scaled.shape, generator=generator, device=scaled.device, dtype=scaled.dtype
-        )
-        rounded = torch.floor(scaled + noise)
-    else:
-        rounded = torch.round(scaled)
-    codes = rounded.clamp_(-qmax, qmax).to(torch.int8).view(-1)[:count]
+    code_parts: list[torch.Tensor] = []
+    scale_parts: list[torch.Tensor] = []
+    for blocks in _blocks(values, block_size):
+        scales = blocks.abs().amax(dim=1).div_(qmax)
+        safe = torch.where(scales > 0, scales, torch.ones_like(scales))
+        scaled = blocks / safe[:, None]  # the one full-size float temporary
+        if stochastic:
+            noise = torch.rand(
+                scaled.shape, generator=generator, device=scaled.device, dtype=scaled.dtype
+            )
+            scaled.add_(noise).floor_()
+        else:
+            scaled.round_()
+        code_parts.append(scaled.clamp_(-qmax, qmax).to(torch.int8).view(-1))
+        scale_parts.append(scales)
+    if not code_parts:
+        return values.new_zeros(0, dtype=torch.int8), values.new_zeros(0)
+    codes = (torch.cat(code_parts) if len(code_parts) > 1 else code_parts[0])[:count]
+    scales = torch.cat(scale_parts) if len(scale_parts) > 1 else scale_parts[0]
     if scheme == "int4":
         codes = pack_int4(codes)
     return codes, scales
@@ -63,10 +82,16 @@ def dequantize_blocks(
 ) -> torch.Tensor:
     """Inverse of :func:`quantize_blocks` for ``count`` values starting on a block boundary."""
     q = unpack_int4(codes, count) if scheme == "int4" else codes[:count]
-    blocks = -(-count // block_size)
-    padded = F.pad(q.to(torch.float32), (0, blocks * block_size - count))
-    out = padded.view(blocks, block_size) * scales[:blocks, None].to(torch.float32)
-    return out.view(-1)[:count]
+    out = torch.empty(count, dtype=torch.float32, device=q.device)
+    full = count // block_size * block_size
+    nfull = full // block_size
+    if full:  # widen into the output and scale in place: no padded copy, no temporaries
+        main = out[:full].view(nfull, block_size)
+        main.copy_(q[:full].view(nfull, block_size))
+        main.mul_(scales[:nfull, None].to(torch.float32))
+    if count > full:
+        out[full:] = q[full:].to(torch.float32) * scales[nfull].to(torch.float32)
+    return out
 
 
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
