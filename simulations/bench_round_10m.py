@@ -48,29 +48,28 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from _timing import (
+    ROOT,
+    failure_reason,
+    fedsys_command,
+    machine_info,
+    read_jsonl,
+    round_stats,
+    run_watched,
+    save_report,
+)
+
 PLAIN_APP = ROOT / "simulations" / "plain_flower_mlp.py"
 TRAIN_SAMPLES = 4000  # MNIST-1D's training set
 DEFAULT_HIDDEN = 3137  # smallest H with H^2 + 52 H + 10 >= 10M
 TARGET_RATIO = 0.5
-POLL_SECONDS = 0.01
-RSS_POLL_SECONDS = 0.25  # driver's VmHWM (one small /proc read)
-TREE_POLL_SECONDS = 1.0  # RSS summed over the process tree (walks /proc)
-LOG_TAIL_CHARS = 4000
 METHOD = (
     "seconds per round = time between consecutive rounds' lines appearing in the run's metrics "
     "JSONL file, polled every 10 ms by this script (round 1: the run's own figure); 'steady' = "
@@ -85,156 +84,6 @@ def parameter_count(hidden: int) -> int:
     return 41 * hidden + (hidden + 1) * hidden + (hidden + 1) * 10
 
 
-# --------------------------------------------------------------------------------------------
-# Child processes: run, watch the rounds, track memory, kill the group on timeout
-# --------------------------------------------------------------------------------------------
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["FLWR_TELEMETRY_ENABLED"] = "0"
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
-def _fedsys_command() -> list[str]:
-    """The ``fedsys`` console script of this interpreter's environment, else ``-m fedsys.cli``."""
-    beside = Path(sys.executable).parent / "fedsys"
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("fedsys")
-    return [found] if found else [sys.executable, "-m", "fedsys.cli"]
-
-
-class RoundWatcher:
-    """Notes when each round's line appears in a JSON-lines metrics file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.arrivals: dict[int, float] = {}
-        self._size = -1
-
-    def poll(self, now: float) -> None:
-        try:
-            size = self.path.stat().st_size
-        except OSError:
-            return
-        if size == self._size:
-            return
-        self._size = size
-        for line in self.path.read_text().splitlines(keepends=True):
-            if not line.endswith("\n"):
-                continue
-            try:
-                rnd = int(json.loads(line)["round"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            self.arrivals.setdefault(rnd, now)
-
-
-def _status_kib(pid: int, field: str) -> int | None:
-    """A ``kB`` field (VmHWM, VmRSS) of ``/proc/<pid>/status``; None if unreadable."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _tree_rss_kib(root: int) -> int | None:
-    """RSS summed over ``root`` and its descendants (Linux /proc; None elsewhere)."""
-    children: dict[int, list[int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return None
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...: comm may hold spaces, so split after its closing paren
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 1 and fields[1].isdigit():
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    total, stack, seen = 0, [root], set()
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        total += _status_kib(pid, "VmRSS") or 0
-        stack.extend(children.get(pid, []))
-    return total
-
-
-def _run(cmd: list[str], log_path: Path, timeout: float, watcher: RoundWatcher) -> dict[str, Any]:
-    """Run ``cmd`` in its own process group, output to ``log_path``, watching its rounds and
-    its memory. On timeout the whole group (Ray's raylet and workers included) is killed."""
-    load_before = os.getloadavg()
-    driver_hwm: int | None = None
-    tree_peak: int | None = None
-    with open(log_path, "w") as log:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=_child_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = start + timeout
-        next_rss = next_tree = start
-        rc: int | None = None
-        timed_out = False
-        while rc is None:
-            try:
-                rc = proc.wait(timeout=POLL_SECONDS)
-            except subprocess.TimeoutExpired:
-                now = time.perf_counter()
-                if now > deadline:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    rc = proc.wait()
-                    timed_out = True
-                if now >= next_rss:  # VmHWM only grows: the last reading is the peak so far
-                    driver_hwm = _status_kib(proc.pid, "VmHWM") or driver_hwm
-                    next_rss = now + RSS_POLL_SECONDS
-                if now >= next_tree:
-                    tree = _tree_rss_kib(proc.pid)
-                    if tree is not None:
-                        tree_peak = max(tree_peak or 0, tree)
-                    next_tree = now + TREE_POLL_SECONDS
-            watcher.poll(time.perf_counter() - start)
-        wall = time.perf_counter() - start
-    return {
-        "returncode": rc,
-        "timed_out": timed_out,
-        "wall_seconds": wall,
-        "driver_peak_rss_mib": driver_hwm / 1024 if driver_hwm else None,
-        "tree_peak_rss_mib_sampled": tree_peak / 1024 if tree_peak else None,
-        "loadavg_1min_before": load_before[0],
-        "loadavg_1min_after": os.getloadavg()[0],
-    }
-
-
-def _tail(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
-    except OSError:
-        return ""
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _mean_steady(rows: list[dict[str, Any]], key: str) -> float | None:
     """Mean of ``key`` over rounds 2..R (all rounds if there is only one), skipping gaps."""
     values = [float(r[key]) for r in rows[1:] or rows if r.get(key) is not None]
@@ -242,31 +91,10 @@ def _mean_steady(rows: list[dict[str, Any]], key: str) -> float | None:
 
 
 def _round_stats(rows: list[dict[str, Any]], arrivals: dict[int, float]) -> dict[str, Any]:
-    """Per-round periods seen from outside, and the run's own per-round figures.
-
-    Round r's observed period is the time from round r-1's line to round r's; round 1 has no
-    predecessor, so its own reported seconds stand in for it."""
+    """``round_stats`` plus the mean traffic per round and the final accuracy."""
     rows = sorted(rows, key=lambda r: int(r["round"]))
-    reported = [float(r["seconds"]) for r in rows]
-    rounds = [int(r["round"]) for r in rows]
-    periods = [reported[0]]
-    for i in range(1, len(rounds)):
-        prev, cur = rounds[i - 1], rounds[i]
-        if prev in arrivals and cur in arrivals:
-            periods.append(arrivals[cur] - arrivals[prev])
-        else:  # a line the watcher did not see (only if the file was rewritten)
-            periods.append(reported[i])
-    steady = periods[1:] or periods
     return {
-        "rounds": len(rows),
-        "seconds_per_round_steady": statistics.fmean(steady),
-        "median_seconds_per_round_steady": statistics.median(steady),
-        "min_seconds_per_round_steady": min(steady),
-        "max_seconds_per_round_steady": max(steady),
-        "first_round_seconds": reported[0],
-        "reported_seconds_per_round_steady": statistics.fmean(reported[1:] or reported),
-        "round_seconds": periods,
-        "reported_round_seconds": reported,
+        **round_stats(rows, arrivals),
         "bytes_up_per_round": _mean_steady(rows, "bytes_up"),
         "bytes_down_per_round": _mean_steady(rows, "bytes_down"),
         "final_accuracy": rows[-1].get("central_accuracy"),
@@ -294,10 +122,9 @@ def run_plain(args: argparse.Namespace, work: Path, timeout: float) -> dict[str,
     ]
     cmd = [sys.executable, str(PLAIN_APP), *options, "--report", str(report)]
     cmd += ["--metrics", str(metrics)]
-    watcher = RoundWatcher(metrics)
-    run = _run(cmd, log, timeout, watcher)
-    if run["returncode"] != 0 or not report.exists():
-        return {"ok": False, **run, "log_tail": _tail(log)}
+    run, arrivals = run_watched(cmd, log, timeout, metrics, [report], track_memory=True)
+    if arrivals is None:
+        return run
     data = json.loads(report.read_text())
     rows = data["rounds"]
     return {
@@ -306,7 +133,7 @@ def run_plain(args: argparse.Namespace, work: Path, timeout: float) -> dict[str,
         **run,
         "model_parameters": data["model_parameters"],
         "model_bytes": data["model_bytes"],
-        **_round_stats(rows, watcher.arrivals),
+        **_round_stats(rows, arrivals),
         "mean_client_train_seconds_steady": _mean_steady(rows, "client_train_seconds"),
     }
 
@@ -329,18 +156,19 @@ def _fedsys_runner(quantize: str, error_feedback: bool = True) -> Callable[..., 
         overrides += args.fedsys_set
         cli = ["simulate", *(x for item in overrides for x in ("--set", item))]
         metrics, summary_path = out / "metrics.jsonl", out / "summary.json"
-        watcher = RoundWatcher(metrics)
-        run = _run([*_fedsys_command(), *cli, "--out", str(out)], log, timeout, watcher)
-        if run["returncode"] != 0 or not summary_path.exists() or not metrics.exists():
-            return {"ok": False, **run, "log_tail": _tail(log)}
-        rows = _read_jsonl(metrics)
+        cmd = [*fedsys_command(), *cli, "--out", str(out)]
+        outputs = [summary_path, metrics]
+        run, arrivals = run_watched(cmd, log, timeout, metrics, outputs, track_memory=True)
+        if arrivals is None:
+            return run
+        rows = read_jsonl(metrics)
         summary = json.loads(summary_path.read_text())
         return {
             "ok": True,
             "command": "fedsys " + " ".join(cli),
             **run,
             "model_parameters": summary.get("model_parameters"),
-            **_round_stats(rows, watcher.arrivals),
+            **_round_stats(rows, arrivals),
             "compression_ratio": _mean_steady(rows, "compression_ratio"),
             "mean_client_train_seconds_steady": _mean_steady(rows, "client_train_seconds"),
             "mean_client_encode_seconds_steady": _mean_steady(rows, "encode_seconds"),
@@ -348,27 +176,6 @@ def _fedsys_runner(quantize: str, error_feedback: bool = True) -> Callable[..., 
         }
 
     return run_fedsys
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": _version("torch"),
-        "flwr": _version("flwr"),
-        "ray": _version("ray"),
-        "fedsys": _version("fedsys"),
-    }
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -388,11 +195,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             print(f"running {name} ...", flush=True)
             result = runner(args, work, timeout)
             if not result["ok"]:
-                why = (
-                    f"timed out after {timeout:.0f} s"
-                    if result["timed_out"]
-                    else f"exit status {result['returncode']}"
-                )
+                why = failure_reason(result, timeout)
                 print(f"  {name} failed ({why}); log tail:\n{result['log_tail']}", file=sys.stderr)
             else:
                 print(
@@ -542,8 +345,7 @@ def main() -> int:
         parser.error("--batch-size must be >= 1")
 
     report = bench(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    save_report(report, args.out)
     print_table(report)
     print(f"report: {args.out}")
     return 0 if all(r["ok"] for r in report["runs"].values()) else 1

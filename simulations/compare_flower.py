@@ -28,27 +28,27 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import os
-import platform
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from _timing import (
+    ROOT,
+    failure_reason,
+    fedsys_command,
+    machine_info,
+    read_jsonl,
+    round_stats,
+    run_watched,
+    save_report,
+)
+
 PLAIN_APP = ROOT / "simulations" / "plain_flower_app.py"
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 TARGET_RATIO = 1.1
-LOG_TAIL_CHARS = 4000
-POLL_SECONDS = 0.01
 METHOD = (
     "seconds per round = time between consecutive rounds' lines appearing in the side's "
     "metrics JSONL file, polled every 10 ms by this script (round 1: the side's own figure); "
@@ -56,134 +56,6 @@ METHOD = (
     "one central evaluation to the next; fedsys: its round loop, which excludes the "
     "checkpoint written after each round). Ratios are fedsys / plain."
 )
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["FLWR_TELEMETRY_ENABLED"] = "0"
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
-def _fedsys_command() -> list[str]:
-    """The ``fedsys`` console script of this interpreter's environment, else ``-m fedsys.cli``."""
-    beside = Path(sys.executable).parent / "fedsys"
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("fedsys")
-    return [found] if found else [sys.executable, "-m", "fedsys.cli"]
-
-
-class RoundWatcher:
-    """Notes when each round's line appears in a JSON-lines metrics file.
-
-    Both sides append one line per round as soon as the round is over, so the time between
-    two lines appearing is the full round period as seen from outside, measured the same way
-    for both: it includes whatever a side does between rounds (fedsys writes a checkpoint
-    there, which its own per-round ``seconds`` does not cover).
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.arrivals: dict[int, float] = {}
-        self._size = -1
-
-    def poll(self, now: float) -> None:
-        try:
-            size = self.path.stat().st_size
-        except OSError:
-            return
-        if size == self._size:
-            return
-        self._size = size
-        for line in self.path.read_text().splitlines(keepends=True):
-            if not line.endswith("\n"):
-                continue
-            try:
-                rnd = int(json.loads(line)["round"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            self.arrivals.setdefault(rnd, now)
-
-
-def _run(cmd: list[str], log_path: Path, timeout: float, watcher: RoundWatcher) -> dict[str, Any]:
-    """Run ``cmd`` in its own process group, output to ``log_path``, watching its rounds.
-
-    On timeout the whole group (Ray's raylet and workers included) is killed.
-    """
-    load_before = os.getloadavg()
-    with open(log_path, "w") as log:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=_child_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = start + timeout
-        rc: int | None = None
-        timed_out = False
-        while rc is None:
-            try:
-                rc = proc.wait(timeout=POLL_SECONDS)
-            except subprocess.TimeoutExpired:
-                if time.perf_counter() > deadline:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    rc = proc.wait()
-                    timed_out = True
-            watcher.poll(time.perf_counter() - start)
-        wall = time.perf_counter() - start
-    return {
-        "returncode": rc,
-        "timed_out": timed_out,
-        "wall_seconds": wall,
-        "loadavg_1min_before": load_before[0],
-        "loadavg_1min_after": os.getloadavg()[0],
-    }
-
-
-def _tail(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
-    except OSError:
-        return ""
-
-
-def _round_stats(rows: list[dict[str, Any]], arrivals: dict[int, float]) -> dict[str, Any]:
-    """Per-round figures from the observed round ends, and from the side's own ``seconds``.
-
-    Round r's observed period is the time from round r-1's line to round r's; round 1 has no
-    predecessor, so its own reported seconds stand in for it.
-    """
-    rows = sorted(rows, key=lambda r: int(r["round"]))
-    reported = [float(r["seconds"]) for r in rows]
-    rounds = [int(r["round"]) for r in rows]
-    periods = [reported[0]]
-    for prev, cur in itertools.pairwise(rounds):
-        if prev in arrivals and cur in arrivals:
-            periods.append(arrivals[cur] - arrivals[prev])
-        else:  # a line the watcher did not see (only if the file was rewritten)
-            periods.append(reported[rounds.index(cur)])
-    steady = periods[1:]
-    return {
-        "rounds": len(rows),
-        "seconds_per_round_steady": statistics.fmean(steady),
-        "median_seconds_per_round_steady": statistics.median(steady),
-        "min_seconds_per_round_steady": min(steady),
-        "max_seconds_per_round_steady": max(steady),
-        "seconds_per_round": statistics.fmean(periods),
-        "first_round_seconds": reported[0],
-        "reported_seconds_per_round_steady": statistics.fmean(reported[1:]),
-        "reported_seconds_per_round": statistics.fmean(reported),
-        "round_seconds": periods,
-        "reported_round_seconds": reported,
-    }
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def run_plain(rounds: int, clients: int, work: Path, timeout: float) -> dict[str, Any]:
@@ -200,10 +72,9 @@ def run_plain(rounds: int, clients: int, work: Path, timeout: float) -> dict[str
         "--metrics",
         str(metrics),
     ]
-    watcher = RoundWatcher(metrics)
-    run = _run(cmd, log, timeout, watcher)
-    if run["returncode"] != 0 or not report.exists():
-        return {"ok": False, **run, "log_tail": _tail(log)}
+    run, arrivals = run_watched(cmd, log, timeout, metrics, [report])
+    if arrivals is None:
+        return run
     data = json.loads(report.read_text())
     rows = data["rounds"]
     return {
@@ -213,7 +84,7 @@ def run_plain(rounds: int, clients: int, work: Path, timeout: float) -> dict[str
         "federation_seconds": data["server_seconds"],
         "final_accuracy": data["final_accuracy"],
         "model_parameters": data["model_parameters"],
-        **_round_stats(rows, watcher.arrivals),
+        **round_stats(rows, arrivals, all_rounds=True),
         "round_accuracy": [r["central_accuracy"] for r in rows],
     }
 
@@ -234,11 +105,11 @@ def run_fedsys(rounds: int, clients: int, work: Path, timeout: float) -> dict[st
         str(out),
     ]
     metrics, summary_path = out / "metrics.jsonl", out / "summary.json"
-    watcher = RoundWatcher(metrics)
-    run = _run([*_fedsys_command(), *args], log, timeout, watcher)
-    if run["returncode"] != 0 or not summary_path.exists() or not metrics.exists():
-        return {"ok": False, **run, "log_tail": _tail(log)}
-    rows = _read_jsonl(metrics)
+    cmd = [*fedsys_command(), *args]
+    run, arrivals = run_watched(cmd, log, timeout, metrics, [summary_path, metrics])
+    if arrivals is None:
+        return run
+    rows = read_jsonl(metrics)
     summary = json.loads(summary_path.read_text())
     train_secs = [
         float(r["client_train_seconds"]) for r in rows[1:] if r.get("client_train_seconds")
@@ -250,34 +121,13 @@ def run_fedsys(rounds: int, clients: int, work: Path, timeout: float) -> dict[st
         "federation_seconds": summary.get("wall_seconds"),
         "final_accuracy": summary.get("final_accuracy", rows[-1]["central_accuracy"]),
         "model_parameters": summary.get("model_parameters"),
-        **_round_stats(rows, watcher.arrivals),
+        **round_stats(rows, arrivals, all_rounds=True),
         "round_accuracy": [r["central_accuracy"] for r in rows],
         "mean_client_train_seconds_steady": statistics.fmean(train_secs) if train_secs else None,
     }
 
 
 RUNNERS = {"plain": run_plain, "fedsys": run_fedsys}
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": _version("torch"),
-        "flwr": _version("flwr"),
-        "ray": _version("ray"),
-        "fedsys": _version("fedsys"),
-    }
 
 
 def _pooled(side_runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -314,11 +164,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"[repeat {repeat + 1}/{args.repeats}] running {side} ...", flush=True)
                 result = RUNNERS[side](args.rounds, args.clients, work, timeout)
                 if not result["ok"]:
-                    why = (
-                        f"timed out after {timeout:.0f} s"
-                        if result["timed_out"]
-                        else f"exit status {result['returncode']}"
-                    )
+                    why = failure_reason(result, timeout)
                     print(
                         f"  {side} failed ({why}); log tail:\n{result['log_tail']}",
                         file=sys.stderr,
@@ -416,8 +262,7 @@ def main() -> int:
         parser.error("--rounds must be >= 2 (round 1 is the warm-up)")
 
     report = compare(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    save_report(report, args.out)
     print_table(report)
     print(f"report: {args.out}")
     return 0 if report["plain"]["ok"] and report["fedsys"]["ok"] else 1
