@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,9 +144,12 @@ def _exchange(
     return list(waiting.values())
 
 
+FAULT_ENV = "FEDSYS_FAULT_KILL_AFTER_ROUND"
+
+
 def _fault_injection(rnd: int) -> None:
     """Die like ``kill -9`` after round ``FEDSYS_FAULT_KILL_AFTER_ROUND`` (crash-resume tests)."""
-    target = os.environ.get("FEDSYS_FAULT_KILL_AFTER_ROUND")
+    target = os.environ.get(FAULT_ENV)
     if target and int(target) == rnd:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -190,6 +194,10 @@ class Federation:
         self.fp32_bytes = sum(
             v.size * 4 if v.dtype.kind == "f" else v.nbytes for v in self.global_arrays.values()
         )
+        # Checkpoints are written by one background thread, at most one in flight, so a large
+        # model's write and fsync overlap the next round instead of delaying it.
+        self._checkpoint_writer = ThreadPoolExecutor(1, thread_name_prefix="fedsys-checkpoint")
+        self._checkpoint_pending: Future[Path] | None = None
         # Filled by the start-up hello in run(): node -> client id, and the aggregator's keys.
         self.client_ids: dict[int, str] = {}
         self.keys: AggregatorKeys | None = None
@@ -241,9 +249,13 @@ class Federation:
                 append_round(self.paths.metrics, record)
                 self._checkpoint(self.elapsed_before + time.perf_counter() - start)
                 self.reporter.update(record)
-                _fault_injection(self.round)
+                if os.environ.get(FAULT_ENV):
+                    self._wait_for_checkpoint()
+                    _fault_injection(self.round)
         finally:
             self.reporter.stop()
+            self._wait_for_checkpoint()
+            self._checkpoint_writer.shutdown()
         return self._finish(self.elapsed_before + time.perf_counter() - start)
 
     def _sample_seed(self) -> None:
@@ -329,18 +341,30 @@ class Federation:
             }
 
     def _checkpoint(self, wall_seconds: float) -> None:
+        """Snapshot this round's state and hand it to the writer thread.
+
+        The snapshot holds references, not copies: the round loop replaces the global arrays
+        and Flower's strategies replace their state arrays each round, never mutate them.
+        """
         strategy_arrays, strategy_state = export_state(self.strategy)
-        save_checkpoint(
-            self.paths.checkpoints,
-            Checkpoint(
-                round=self.round,
-                model=self.global_arrays,
-                strategy_arrays=strategy_arrays,
-                strategy_state=strategy_state,
-                rng_state=dict(self.rng.bit_generator.state),
-                extra={"wall_seconds": wall_seconds},
-            ),
+        ckpt = Checkpoint(
+            round=self.round,
+            model=self.global_arrays,
+            strategy_arrays=strategy_arrays,
+            strategy_state=strategy_state,
+            rng_state=dict(self.rng.bit_generator.state),
+            extra={"wall_seconds": wall_seconds},
         )
+        self._wait_for_checkpoint()
+        self._checkpoint_pending = self._checkpoint_writer.submit(
+            save_checkpoint, self.paths.checkpoints, ckpt
+        )
+
+    def _wait_for_checkpoint(self) -> None:
+        """Block until the checkpoint in flight is on disk; its errors surface here."""
+        if self._checkpoint_pending is not None:
+            pending, self._checkpoint_pending = self._checkpoint_pending, None
+            pending.result()
 
     def _finish(self, wall_seconds: float) -> RunSummary:
         records = read_rounds(self.paths.metrics)
