@@ -24,8 +24,11 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
     from flwr.simulation import run_simulation
 
     from fedsys.client.app import app as client_app
+    from fedsys.data import load_dataset
     from fedsys.server.app import Launch, make_server_app
 
+    # Fail on missing or unreadable data here, before Ray and the virtual nodes start.
+    load_dataset(cfg.data, cfg.runtime.seed)
     _quiet_flower(cfg.runtime.log_level)
     backend_config = {
         "client_resources": {

@@ -133,3 +133,26 @@ def test_compressed_encrypted_updates_end_to_end(tmp_path: Path) -> None:
     for r in rounds:
         assert r.compression_ratio is not None and r.compression_ratio < 0.25
         assert r.decode_seconds > 0 and r.encode_seconds is not None
+
+
+def test_missing_data_fails_before_the_simulation_starts(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedsys.cli",
+            "simulate",
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "data.name=mnist",
+            "--set",
+            f"data.path={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "train-images-idx3-ubyte" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
