@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsys.client.app import describe, train
 from fedsys.client.node_state import load_residual
@@ -18,14 +17,9 @@ from fedsys.data import load_dataset
 from fedsys.models import build_model
 from fedsys.protocol import CONFIG_KEY, HELLO_KEY, PAYLOAD_KEY, SEED_KEY, NodeHello
 
+pytestmark = pytest.mark.usefixtures("task_identity")
+
 CFG = build_config({}, ["model.channels=4", "data.num_partitions=4", "train.batch_size=64"])
-
-
-@pytest.fixture(autouse=True)
-def _task_identity() -> None:
-    TaskIdentity.run_id = 1
-    TaskIdentity.task_id = 1
-    TaskIdentity.node_id = 0
 
 
 def _global() -> dict[str, np.ndarray]:

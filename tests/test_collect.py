@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsys.codec import Quantize, UpdatePolicy, encode_update
 from fedsys.crypto import (
@@ -19,19 +18,14 @@ from fedsys.crypto import (
 )
 from fedsys.server.collect import RoundCollector
 
+pytestmark = pytest.mark.usefixtures("task_identity")
+
 GLOBAL = {
     "w": np.linspace(-1, 1, 600, dtype=np.float32).reshape(20, 30),
     "b": np.zeros(30, np.float32),
     "steps": np.array(3, dtype=np.int64),
 }
 RUN, ROUND = 77, 4
-
-
-@pytest.fixture(autouse=True)
-def _task_identity() -> None:
-    TaskIdentity.run_id = 1
-    TaskIdentity.task_id = 1
-    TaskIdentity.node_id = 0
 
 
 def _delta(seed: int) -> dict[str, torch.Tensor]:

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsys.codec import UpdatePolicy, encode_update
 from fedsys.config import ExperimentConfig, build_config
@@ -17,15 +16,10 @@ from fedsys.server.collect import RoundCollector
 from fedsys.server.loop import STREAMING_STRATEGIES
 from fedsys.server.strategies import build_strategy
 
+pytestmark = pytest.mark.usefixtures("task_identity")
+
 GLOBAL = {"w": np.ones((4, 3), np.float32), "b": np.zeros(3, np.float32)}
 SHIFTS = [0.1, 0.2, 0.3, 0.4, 5.0]  # the last client is an outlier
-
-
-@pytest.fixture(autouse=True)
-def _task_identity() -> None:
-    TaskIdentity.run_id = 1
-    TaskIdentity.task_id = 1
-    TaskIdentity.node_id = 0
 
 
 def _reply(node: int, shift: float) -> Message:
