@@ -179,6 +179,11 @@ class CodecConfig(Section):
     max_norm: float | None = Field(
         default=None, gt=0, description="Server: updates with a larger L2 norm are rejected."
     )
+    downlink: Literal["none", "fp16", "int8"] = Field(
+        default="none",
+        description="How the global model travels to clients (int8: per-block scales, the "
+        "server keeps the exact model).",
+    )
 
 
 class SecAggConfig(Section):

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 CONFIG_KEY = "fedsys.config"  # train config: the ExperimentConfig as JSON
 SEED_KEY = "fedsys.seed"  # train config: the run seed
 AGGREGATOR_KEY = "fedsys.aggregator-key"  # train config: the server's X25519 public key (raw)
+GLOBAL_KEY = "fedsys.global"  # train config: the coded global model (codec.downlink != none)
 PAYLOAD_KEY = "payload"  # reply "update" record: an unencrypted wire-format payload
 HELLO_KEY = "hello"  # query reply record entry: a NodeHello as JSON
 

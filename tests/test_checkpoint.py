@@ -31,7 +31,7 @@ def test_round_trip(tmp_path: Path) -> None:
     back = load_checkpoint(tmp_path)
     assert back.round == 7
     np.testing.assert_array_equal(back.model["w"], ckpt.model["w"])
-    assert back.model["n"].dtype == np.int64
+    assert back.model["n"].dtype == np.int64 and back.model["n"].shape == ()  # 0-d stays 0-d
     np.testing.assert_array_equal(back.strategy_arrays["m_t/w"], 1.0)
     assert back.rng_state == gen_state
     assert back.extra == {"wall_seconds": 1.5}

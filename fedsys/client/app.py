@@ -17,6 +17,7 @@ from torch import nn
 
 from fedsys.client.node_state import state_root
 from fedsys.client.outbound import encode_delta, signing_key
+from fedsys.codec.downlink import decode_global
 from fedsys.config import ExperimentConfig
 from fedsys.crypto import RoundBinding
 from fedsys.crypto.keys import public_to_raw, signing_key_from_pem
@@ -25,6 +26,7 @@ from fedsys.models import build_model
 from fedsys.protocol import (
     AGGREGATOR_KEY,
     CONFIG_KEY,
+    GLOBAL_KEY,
     HELLO_KEY,
     SEED_KEY,
     NodeHello,
@@ -90,6 +92,20 @@ def _received(msg: Message) -> tuple[str, int, ArrayRecord, ConfigRecord]:
     return record_text(config, CONFIG_KEY), int(record_number(config, SEED_KEY)), arrays, config
 
 
+def _global_state(
+    model: nn.Module, arrays: ArrayRecord, config: ConfigRecord
+) -> dict[str, torch.Tensor]:
+    """The model to start from: the coded copy when the server sent one, else the arrays.
+
+    The delta is taken against exactly this state, so the server's exact model plus the
+    delta is what this client trained to, whatever the downlink rounded away.
+    """
+    coded = config.get(GLOBAL_KEY)
+    if isinstance(coded, bytes):
+        return decode_global(coded, model.state_dict())
+    return arrays.to_torch_state_dict()
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train on the local partition and reply with ``local - global`` plus metrics."""
@@ -99,7 +115,7 @@ def train(msg: Message, context: Context) -> Message:
     pid = _partition_id(context)
     x, y = _partition_tensors(config_json, seed, pid)
     model = _model(config_json, seed)
-    global_state = arrays.to_torch_state_dict()
+    global_state = _global_state(model, arrays, config)
     model.load_state_dict(global_state)
     device = select_device(cfg.train.device)
     work = _straggler_work(cfg, seed, rnd, pid)

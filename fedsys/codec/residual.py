@@ -39,7 +39,7 @@ class Residual:
 
     def to_bytes(self) -> bytes:
         """safetensors bytes (no pickle)."""
-        return save({name: np.ascontiguousarray(a) for name, a in self.arrays.items()})
+        return save({name: np.require(a, requirements="C") for name, a in self.arrays.items()})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Residual:

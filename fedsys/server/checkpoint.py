@@ -54,9 +54,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def save_checkpoint(directory: Path, ckpt: Checkpoint) -> Path:
     """Atomically replace ``directory/checkpoint.safetensors``."""
-    tensors = {f"{_MODEL}{k}": np.ascontiguousarray(v) for k, v in ckpt.model.items()}
+    tensors = {f"{_MODEL}{k}": np.require(v, requirements="C") for k, v in ckpt.model.items()}
     tensors.update(
-        {f"{_STRATEGY}{k}": np.ascontiguousarray(v) for k, v in ckpt.strategy_arrays.items()}
+        {
+            f"{_STRATEGY}{k}": np.require(v, requirements="C")
+            for k, v in ckpt.strategy_arrays.items()
+        }
     )
     metadata = {
         "format": str(FORMAT_VERSION),

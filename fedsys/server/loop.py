@@ -27,13 +27,21 @@ from pydantic import ValidationError
 from safetensors.torch import save_file
 
 from fedsys.codec import UpdatePolicy
+from fedsys.codec.downlink import encode_global
 from fedsys.config import ExperimentConfig, dump_config
 from fedsys.crypto import AggregatorKeys, RoundBinding, generate_exchange_key, public_to_raw
 from fedsys.crypto.keys import signing_public_from_raw
 from fedsys.data import load_dataset
 from fedsys.errors import CheckpointError
 from fedsys.models import build_model, count_parameters
-from fedsys.protocol import AGGREGATOR_KEY, CONFIG_KEY, HELLO_KEY, SEED_KEY, NodeHello
+from fedsys.protocol import (
+    AGGREGATOR_KEY,
+    CONFIG_KEY,
+    GLOBAL_KEY,
+    HELLO_KEY,
+    SEED_KEY,
+    NodeHello,
+)
 from fedsys.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsys.server.collect import Rejection, RoundCollector, RoundResult
 from fedsys.server.grid_view import StableOrderGrid
@@ -273,6 +281,7 @@ class Federation:
         if self.exchange_key is not None:
             train_config[AGGREGATOR_KEY] = public_to_raw(self.exchange_key.public_key())
         messages = list(self.strategy.configure_train(rnd, arrays, train_config, grid))
+        bytes_down_each = self._code_downlink(messages, arrays)
         run_id = self.grid.run.run_id
         collector = RoundCollector(
             self.global_arrays,
@@ -311,12 +320,33 @@ class Federation:
             bytes_up=sum(sizes),
             client_bytes_up=sizes,
             compression_ratio=(sum(sizes) / len(sizes) / self.fp32_bytes) if sizes else None,
-            bytes_down=arrays.count_bytes() * len(messages),
+            bytes_down=bytes_down_each * len(messages),
             seconds=time.perf_counter() - t0,
             client_train_seconds=result.metrics.get("train_seconds"),
             encode_seconds=result.metrics.get("encode_seconds"),
             decode_seconds=result.decode_seconds,
         )
+
+    def _code_downlink(self, messages: list[Message], arrays: ArrayRecord) -> int:
+        """With ``codec.downlink`` set, swap each message's fp32 model for the coded one.
+
+        Strategies must still see the exact model in ``configure_train`` (FedOpt and FedAvgM
+        keep it as their reference), so the swap happens on the messages they built.
+        Returns the bytes of model each message carries.
+        """
+        scheme = self.cfg.codec.downlink
+        if scheme == "none" or not messages:
+            return arrays.count_bytes()
+        payload = encode_global(self.global_arrays, scheme, self.cfg.codec.block_size)
+        for msg in messages:
+            content = msg.content
+            for key, array_record in list(content.array_records.items()):
+                if array_record is arrays:
+                    content[key] = ArrayRecord()
+            for config_record in content.config_records.values():
+                if CONFIG_KEY in config_record:
+                    config_record[GLOBAL_KEY] = payload
+        return len(payload)
 
     def _aggregate(self, rnd: int, result: RoundResult) -> None:
         """Hand the accepted updates to the strategy; keep the model if too few or it fails."""
