@@ -152,6 +152,11 @@ class WireTensor:
         """The whole decoded tensor, in its original shape and dtype."""
         if not self.is_float:
             return self.raw().reshape(self.shape)
-        out = torch.zeros(self.entry.numel, dtype=torch.float32)
-        self.add_into(out, 1.0)
+        if self.entry.positions is not None:
+            out = torch.zeros(self.entry.numel, dtype=torch.float32)
+            self.add_into(out, 1.0)
+        else:  # dense: every value is written once, no zeroing or adding
+            out = torch.empty(self.entry.numel, dtype=torch.float32)
+            for start, chunk in self.float_chunks():
+                out[start : start + chunk.numel()].copy_(chunk)
         return out.to(TORCH_DTYPES[self.entry.dtype]).reshape(self.shape)
