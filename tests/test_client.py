@@ -99,3 +99,6 @@ def test_error_feedback_residual_lives_in_a_node_file(tmp_path: Path) -> None:
         not isinstance(v, bytes) or len(v) < 1000
         for v in context.state.config_records["fedsys.client"].values()
     )
+    # a damaged residual file counts as zeros (error feedback restarts), never as an error
+    files[0].write_bytes(b"\x00" * 64)
+    assert load_residual(tmp_path, context.run_id, "sim-1").arrays == {}

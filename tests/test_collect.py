@@ -143,3 +143,19 @@ def test_envelopes_are_checked_against_round_sender_and_key() -> None:
     assert result.accepted == 1
     assert {r.node_id for r in result.rejected} == {2, 3, 4, 5, 6}
     assert all(r.reason for r in result.rejected)
+
+
+def test_streaming_mean_weights_match_the_strategy_record() -> None:
+    with_record, without = _collector(True), _collector(True)
+    for node, examples in ((1, 10), (2, 30)):
+        with_record.offer(_plain(node, node, examples))
+        without.offer(_plain(node, node, examples))
+    packed = with_record.finish(lambda n: (0, n))
+    bare = without.finish(lambda n: (0, n), build_record=False)
+    assert bare.for_strategy == [] and bare.mean_weights is not None
+    assert packed.mean_weights is not None
+    for name, value in _weights(packed.for_strategy[0]).items():
+        np.testing.assert_array_equal(bare.mean_weights[name], value)
+        assert bare.mean_weights[name].dtype == GLOBAL[name].dtype
+    # the mean moved the float weights away from the global model
+    assert not np.array_equal(bare.mean_weights["w"], GLOBAL["w"])

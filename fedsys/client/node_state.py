@@ -33,7 +33,7 @@ def load_residual(root: Path, run_id: int, client_id: str) -> Residual:
     """The stored residual, or zeros (``Residual()``) on the first round or if unreadable."""
     path = _path(root, run_id, client_id)
     try:
-        return Residual.from_bytes(path.read_bytes())
+        return Residual.from_file(path)
     except (OSError, CodecError):
         return Residual()
 
@@ -42,7 +42,7 @@ def save_residual(root: Path, run_id: int, client_id: str, residual: Residual) -
     path = _path(root, run_id, client_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(residual.to_bytes())
+    residual.to_file(tmp)
     os.replace(tmp, path)
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 from safetensors import SafetensorError
-from safetensors.numpy import load, save
+from safetensors.numpy import load, load_file, save, save_file
 
 from fedsys.errors import CodecError
 
@@ -40,6 +41,19 @@ class Residual:
     def to_bytes(self) -> bytes:
         """safetensors bytes (no pickle)."""
         return save({name: np.require(a, requirements="C") for name, a in self.arrays.items()})
+
+    def to_file(self, path: Path) -> None:
+        """Write safetensors straight from the arrays (no model-sized bytes object)."""
+        save_file({name: np.require(a, requirements="C") for name, a in self.arrays.items()}, path)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Residual:
+        """Read a file written by :meth:`to_file`; CodecError if it is not valid."""
+        try:
+            arrays = load_file(path)
+        except (SafetensorError, ValueError, TypeError) as exc:
+            raise CodecError(f"residual file {path} is not valid safetensors: {exc}") from None
+        return cls.from_arrays(arrays)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Residual:

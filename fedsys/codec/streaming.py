@@ -54,6 +54,30 @@ class StreamingSum:
         """The weighted sums, shaped like the model (float64 buffers, not copies)."""
         return {name: buf.view(self.template[name].shape) for name, buf in self._buffers.items()}
 
+    def consume_into_weights(self, base: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``base + sum / total weight`` in ``base``'s dtypes, reusing the sum's buffers.
+
+        The float64 buffers are divided and offset in place (the sum is gone afterwards), so
+        the only new model-sized allocation is the result; the offset is added in float64
+        and rounded once. Integer tensors get the rounded mean added.
+        """
+        if self.total_weight == 0:
+            raise ValueError("no weight has been added")
+        out: dict[str, np.ndarray] = {}
+        for name, buf in self._buffers.items():
+            spec = self.template[name]
+            flat = np.asarray(base[name]).reshape(-1)
+            # only read; a read-only base (e.g. loaded from a checkpoint) is copied instead
+            start = torch.from_numpy(flat) if flat.flags.writeable else torch.tensor(flat)
+            buf.div_(self.total_weight)
+            if not spec.is_float:
+                buf.round_()
+            buf.add_(start)
+            out[name] = buf.to(TORCH_DTYPES[spec.dtype]).numpy().reshape(spec.shape)
+        self.count, self.total_weight = 0, 0.0
+        self._buffers = {}
+        return out
+
     def mean(self) -> dict[str, torch.Tensor]:
         """Sum / total weight in the model's dtypes (integer tensors rounded)."""
         if self.total_weight == 0:

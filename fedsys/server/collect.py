@@ -53,6 +53,8 @@ class RoundResult:
     stragglers_dropped: int = 0
     decode_seconds: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
+    # Streaming rounds: ``global + weighted mean delta``, what FedAvg/FedProx would return.
+    mean_weights: dict[str, np.ndarray] | None = None
 
 
 class RoundCollector:
@@ -137,23 +139,30 @@ class RoundCollector:
             self._metric_sums[key] += weight * record_number(metrics, key, 0.0)
         self._metric_sums["num-examples"] = self._metric_sums.get("num-examples", 0.0) + weight
 
-    def finish(self, order_key: Callable[[int], tuple[int, int]]) -> RoundResult:
-        """The replies to hand to the strategy, and the round's bookkeeping."""
+    def finish(
+        self, order_key: Callable[[int], tuple[int, int]], *, build_record: bool = True
+    ) -> RoundResult:
+        """The replies to hand to the strategy, and the round's bookkeeping.
+
+        ``build_record=False`` skips packing a streaming round's mean into the single reply
+        (serializing the whole model once more) when the caller uses ``mean_weights`` directly.
+        """
         total = self._metric_sums.get("num-examples", 0.0)
         if total > 0:
             self.result.metrics = {k: self._metric_sums[k] / total for k in AVERAGED_METRICS}
         if self._sum is not None and self._first is not None and self._sum.count:
-            mean = self._sum.mean()
-            weights = {
-                k: np.asarray(v + mean[k].numpy(), dtype=v.dtype) for k, v in self._global.items()
-            }
-            self._first.content = RecordDict(
-                {
-                    "arrays": ArrayRecord({k: Array(v) for k, v in weights.items()}),
-                    "metrics": MetricRecord({"num-examples": round(total), **self.result.metrics}),
-                }
-            )
-            self.result.for_strategy = [self._first]
+            weights = self._sum.consume_into_weights(self._global)
+            self.result.mean_weights = weights
+            if build_record:
+                self._first.content = RecordDict(
+                    {
+                        "arrays": ArrayRecord({k: Array(v) for k, v in weights.items()}),
+                        "metrics": MetricRecord(
+                            {"num-examples": round(total), **self.result.metrics}
+                        ),
+                    }
+                )
+                self.result.for_strategy = [self._first]
         else:
             self._dense.sort(key=lambda item: order_key(item[0]))
             self.result.for_strategy = [m for _, m in self._dense]
