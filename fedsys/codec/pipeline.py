@@ -62,6 +62,13 @@ def _compensate(tensors: dict[str, CodedTensor], residual: Residual) -> dict[str
     return out
 
 
+def _difference(target: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
+    """``target - sent``, written over ``sent`` (a decoded copy nobody else holds) if it can."""
+    if sent.data_ptr() == target.data_ptr():
+        return target - sent
+    return sent.neg_().add_(target)
+
+
 def encode_update(
     update: Mapping[str, torch.Tensor],
     pipeline: Sequence[Stage],
@@ -84,7 +91,7 @@ def encode_update(
         sent = _run_decode(stages[lossy:], tensors)
         new_residual = Residual(
             {
-                name: (dense_float32(target[name]) - dense_float32(sent[name]))
+                name: _difference(dense_float32(target[name]), dense_float32(sent[name]))
                 .reshape(t.shape)
                 .cpu()
                 .numpy()
