@@ -11,8 +11,10 @@ group, killed whole on timeout), on Flower's Ray simulation engine with one CPU 
 * ``plain``: ``simulations/plain_flower_mlp.py`` (Flower only, no fedsys import): FedAvg,
   the clients reply with their full float32 weights;
 * ``fedsys-int8``: ``fedsys simulate`` with ``codec.quantize=int8`` (block-scaled int8 deltas,
-  error feedback on, fedsys's default);
-* ``fedsys-fp32``: the same with ``codec.quantize=none`` (float32 deltas);
+  error feedback on, fedsys's default) and ``codec.downlink=int8`` (the global model sent
+  int8-coded too);
+* ``fedsys-int8-fp32-down``: int8 deltas up, the float32 model down;
+* ``fedsys-fp32``: float32 both ways (``codec.quantize=none``, ``codec.downlink=none``);
 * ``fedsys-int8-noef`` (only with ``--with-no-error-feedback``): int8 without error feedback.
 
 All use the MLP ``Linear(40, H) - ReLU - Linear(H, H) - ReLU - Linear(H, 10)`` on MNIST-1D
@@ -138,7 +140,9 @@ def run_plain(args: argparse.Namespace, work: Path, timeout: float) -> dict[str,
     }
 
 
-def _fedsys_runner(quantize: str, error_feedback: bool = True) -> Callable[..., dict[str, Any]]:
+def _fedsys_runner(
+    quantize: str, error_feedback: bool = True, downlink: str = "int8"
+) -> Callable[..., dict[str, Any]]:
     def run_fedsys(args: argparse.Namespace, work: Path, timeout: float) -> dict[str, Any]:
         out, log = work / "fedsys-out", work / "fedsys.log"
         overrides = [
@@ -149,6 +153,7 @@ def _fedsys_runner(quantize: str, error_feedback: bool = True) -> Callable[..., 
             "train.local_epochs=1",
             f"train.batch_size={args.batch_size}",
             f"codec.quantize={quantize}",
+            f"codec.downlink={downlink}",
             "runtime.progress=false",
         ]
         if not error_feedback:
@@ -183,7 +188,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     runners: dict[str, Callable[..., dict[str, Any]]] = {
         "plain": run_plain,
         "fedsys-int8": _fedsys_runner("int8"),
-        "fedsys-fp32": _fedsys_runner("none"),
+        "fedsys-int8-fp32-down": _fedsys_runner("int8", downlink="none"),
+        "fedsys-fp32": _fedsys_runner("none", downlink="none"),
     }
     if args.with_no_error_feedback:
         runners["fedsys-int8-noef"] = _fedsys_runner("int8", error_feedback=False)
@@ -267,7 +273,7 @@ def print_table(report: dict[str, Any]) -> None:
         f"H={s['hidden']} ({s['model_parameters']:,} parameters), {s['clients']} clients, "
         f"{s['rounds']} rounds, batch {s['batch_size']}"
     )
-    print(f"{'':28}" + "".join(f"{n:>18}" for n in names))
+    print(f"{'':28}" + "".join(f"{n:>23}" for n in names))
     for label, key, fmt, scale in rows:
         cells = []
         for n in names:
@@ -276,7 +282,7 @@ def print_table(report: dict[str, Any]) -> None:
             cells.append(
                 "failed" if not res["ok"] else _cell(None if value is None else value / scale, fmt)
             )
-        print(f"{label:28}" + "".join(f"{c:>18}" for c in cells))
+        print(f"{label:28}" + "".join(f"{c:>23}" for c in cells))
     for name, ratio in report["ratios_to_plain"].items():
         print(
             f"ratio {name} / plain, steady s/round: mean {ratio['steady_mean']:.3f}, "
