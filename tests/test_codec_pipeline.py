@@ -159,3 +159,33 @@ def test_pipeline_from_config() -> None:
         Quantize(bits=4, block_size=128, stochastic=True),
     ]
     assert pipeline_from_config(CodecConfig()) == []
+
+
+@pytest.mark.parametrize("bits", [4, 8, 16])
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_quantizer_residual_equals_target_minus_what_was_sent(
+    bits: int, clip: float | None
+) -> None:
+    """The quantizer's in-pass residual is exactly (compensated update) - (decoded payload)."""
+    delta = sample_update()
+    floats = {k for k, v in delta.items() if v.is_floating_point()}
+    carried = Residual({k: np.full(tuple(delta[k].shape), 0.01, np.float32) for k in floats})
+    stages: list[Stage] = [Clip(clip)] if clip else []
+    quant = Quantize(bits=bits, block_size=64)  # type: ignore[arg-type]
+    enc = encode_update(delta, [*stages, quant], residual=carried)
+    assert enc.residual is not None and set(enc.residual.arrays) == floats
+    sent = decode_update(enc.payload)
+    coded = coded_from_tensors(delta)
+    for stage in stages:
+        coded = stage.encode(coded)
+    for name, lost in enc.residual.arrays.items():
+        target = coded[name].values + torch.from_numpy(carried.arrays[name]).reshape(-1)
+        got = sent[name].to(torch.float32).reshape(-1)
+        if bits == 16 or delta[name].dtype == torch.float16:
+            # sent values are rounded to the tensor's own dtype on decode; compare the codes' view
+            assert lost.shape == tuple(delta[name].shape)
+            np.testing.assert_allclose(lost.reshape(-1), (target - got).numpy(), atol=1e-3)
+            continue
+        np.testing.assert_array_equal(lost.reshape(-1), (target - got).numpy())
+        assert lost.shape == tuple(delta[name].shape)
+    assert any(np.abs(a).max() > 0 for a in enc.residual.arrays.values())

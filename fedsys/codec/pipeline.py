@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fedsys.codec.coded import CodedTensor, coded_from_tensors, dense_float32
+from fedsys.codec.quantize import Quantize
 from fedsys.codec.residual import Residual
 from fedsys.codec.stages import Stage, check_pipeline, first_lossy
 from fedsys.codec.wire import WireUpdate, pack_update, parse_update
@@ -87,8 +88,20 @@ def encode_update(
         tensors = _run_encode(stages[lossy:], tensors, generator)
     else:
         target = _compensate(tensors, residual)
-        tensors = _run_encode(stages[lossy:], target, generator)
-        sent = _run_decode(stages[lossy:], tensors)
+        only = stages[lossy:]
+        if len(only) == 1 and isinstance(only[0], Quantize):
+            # fast path: the quantizer hands back what it rounded away as it goes
+            tensors, lost = only[0].encode_with_residual(target, generator)
+            new_residual = Residual(
+                {
+                    name: lost[name].reshape(t.shape).cpu().numpy()
+                    for name, t in target.items()
+                    if t.encoding == "f32" and t.positions is None
+                }
+            )
+            return EncodedUpdate(pack_update(stages, tensors), new_residual)
+        tensors = _run_encode(only, target, generator)
+        sent = _run_decode(only, tensors)
         new_residual = Residual(
             {
                 name: _difference(dense_float32(target[name]), dense_float32(sent[name]))

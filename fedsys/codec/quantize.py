@@ -50,8 +50,13 @@ def _quantize_rows(
     scales: torch.Tensor,
     stochastic: bool,
     generator: torch.Generator | None,
+    residual: torch.Tensor | None,
 ) -> None:
-    """Quantize (rows, block_size) ``blocks`` into ``codes`` (int8, same shape) and ``scales``."""
+    """Quantize (rows, block_size) ``blocks`` into ``codes`` (int8, same shape) and ``scales``.
+
+    With ``residual`` (float32, same shape) also write ``blocks - dequantized`` there, computed
+    exactly as :func:`dequantize_blocks` would dequantize, while the chunk is still in cache.
+    """
     rows_per_chunk = max(1, _CHUNK_VALUES // blocks.shape[1])
     work = torch.empty(
         (min(rows_per_chunk, blocks.shape[0]), blocks.shape[1]),
@@ -73,6 +78,9 @@ def _quantize_rows(
         else:
             tmp.round_()
         codes[first : first + rows.shape[0]].copy_(tmp.clamp_(-qmax, qmax))
+        if residual is not None:
+            tmp.mul_(chunk_scales[:, None])
+            torch.sub(rows, tmp, out=residual[first : first + rows.shape[0]])
 
 
 def quantize_blocks(
@@ -84,29 +92,62 @@ def quantize_blocks(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat float32 ``values`` → (codes, float32 scales); int4 codes come back packed."""
+    codes, scales, _ = _quantize(values, scheme, block_size, stochastic, generator, False)
+    return codes, scales
+
+
+def quantize_with_residual(
+    values: torch.Tensor,
+    scheme: Literal["int8", "int4"],
+    block_size: int,
+    *,
+    stochastic: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`quantize_blocks` plus ``values - dequantized`` (error feedback) in the same pass."""
+    codes, scales, residual = _quantize(values, scheme, block_size, stochastic, generator, True)
+    assert residual is not None
+    return codes, scales, residual
+
+
+def _quantize(
+    values: torch.Tensor,
+    scheme: Literal["int8", "int4"],
+    block_size: int,
+    stochastic: bool,
+    generator: torch.Generator | None,
+    with_residual: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     count = values.numel()
     if count == 0:
-        return values.new_zeros(0, dtype=torch.int8), values.new_zeros(0)
+        empty = values.new_zeros(0)
+        return values.new_zeros(0, dtype=torch.int8), empty, empty if with_residual else None
     qmax = QMAX[scheme]
     nblocks = -(-count // block_size)
-    codes = torch.empty(nblocks * block_size, dtype=torch.int8, device=values.device)
+    padded = nblocks * block_size
+    codes = torch.empty(padded, dtype=torch.int8, device=values.device)
     scales = torch.empty(nblocks, dtype=torch.float32, device=values.device)
+    residual = (
+        torch.empty(padded, dtype=torch.float32, device=values.device) if with_residual else None
+    )
     row = 0
     for blocks in _blocks(values.to(torch.float32), block_size):
         rows = blocks.shape[0]
+        span = slice(row * block_size, (row + rows) * block_size)
         _quantize_rows(
             blocks,
             qmax,
-            codes[row * block_size : (row + rows) * block_size].view(rows, block_size),
+            codes[span].view(rows, block_size),
             scales[row : row + rows],
             stochastic,
             generator,
+            residual[span].view(rows, block_size) if residual is not None else None,
         )
         row += rows
     codes = codes[:count]
     if scheme == "int4":
         codes = pack_int4(codes)
-    return codes, scales
+    return codes, scales, residual[:count] if residual is not None else None
 
 
 def dequantize_blocks(
@@ -165,6 +206,37 @@ class Quantize:
 
     def decode(self, tensors: dict[str, CodedTensor]) -> dict[str, CodedTensor]:
         return {name: decode_values(t) for name, t in tensors.items()}
+
+    def encode_with_residual(
+        self, tensors: dict[str, CodedTensor], generator: torch.Generator | None = None
+    ) -> tuple[dict[str, CodedTensor], dict[str, torch.Tensor]]:
+        """:meth:`encode` plus, per dense float tensor, what quantization took away.
+
+        Equal to ``values - decode(encode(values))``, but computed inside the quantizer's
+        chunk loop: no second pass to dequantize and subtract.
+        """
+        out: dict[str, CodedTensor] = {}
+        lost: dict[str, torch.Tensor] = {}
+        for name, t in tensors.items():
+            if t.encoding != "f32" or t.positions is not None:
+                out[name] = self._encode_one(t, generator)
+                continue
+            if self.scheme == "fp16":
+                out[name] = self._encode_one(t, generator)
+                lost[name] = t.values - out[name].values.to(torch.float32)
+                continue
+            codes, scales, residual = quantize_with_residual(
+                t.values,
+                self.scheme,  # type: ignore[arg-type]
+                self.block_size,
+                stochastic=self.stochastic,
+                generator=generator,
+            )
+            out[name] = replace(
+                t, values=codes, encoding=self.scheme, scales=scales, block_size=self.block_size
+            )
+            lost[name] = residual
+        return out, lost
 
     def _encode_one(self, t: CodedTensor, generator: torch.Generator | None) -> CodedTensor:
         if t.encoding != "f32":
