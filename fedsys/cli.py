@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from fedsys.config import ExperimentConfig, load_config
+from fedsys.deploy.commands import client_cmd, partition_cmd, server_cmd
+from fedsys.deploy.keys_cli import certs_cmd, keys_app
 from fedsys.errors import FedsysError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -99,6 +101,65 @@ def check_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
     cfg = _load(config, set_)
     sys.stdout.write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+@app.command()
+def serve(
+    registry: Annotated[Path, typer.Option("--registry", help="Registry directory to serve.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port).")] = 8080,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+    publisher_key: Annotated[
+        Path | None,
+        typer.Option(help="Trusted Ed25519 public key (default <registry>/publisher.pub)."),
+    ] = None,
+    api_keys: Annotated[
+        Path | None, typer.Option(help="File of API keys, one per line; predict then needs one.")
+    ] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Rows per model call (1: no batching).")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="Longest wait for batch-mates.")] = 2.0,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Serve the int8 copy where present.")
+    ] = False,
+    torch_threads: Annotated[int, typer.Option(help="Torch threads per worker.")] = 1,
+) -> None:
+    """Serve a model registry over HTTP (publish token: env FEDSYS_PUBLISH_TOKEN)."""
+    from pydantic import ValidationError
+
+    from fedsys.serving.runner import serve_forever
+    from fedsys.serving.settings import ServeSettings
+
+    _setup_logging("INFO")
+    try:
+        settings = ServeSettings(
+            registry=registry,
+            host=host,
+            port=port,
+            workers=workers,
+            publisher_key=publisher_key,
+            api_keys_file=api_keys,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            variant="int8" if int8 else "fp32",
+            torch_threads=torch_threads,
+        )
+        settings.api_keys()  # an unreadable keys file fails here, not in every worker
+    except ValidationError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except FedsysError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    err.print(f"serving {registry} on http://{host}:{port} with {workers} worker(s)")
+    serve_forever(settings)
+
+
+# Deployment: keys and certificates, the aggregation server, the client daemon.
+app.add_typer(keys_app, name="keys")
+app.command("certs")(certs_cmd)
+app.command("server")(server_cmd)
+app.command("client")(client_cmd)
+app.command("partition")(partition_cmd)
 
 
 def main() -> None:

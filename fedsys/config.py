@@ -187,43 +187,119 @@ class CodecConfig(Section):
 
 
 class SecAggConfig(Section):
-    """Secure aggregation (not available yet)."""
+    """Secure aggregation (SecAgg+, Bell et al. 2020): the server learns only the sum of the
+    clients' quantized deltas, masked in the integers modulo 2^bits."""
 
     enabled: bool = False
+    bits: Literal[16, 32, 64] = Field(
+        default=32, description="Modulus 2^bits of the masked sum; each value costs bits/8 bytes."
+    )
+    quant_bits: int | None = Field(
+        default=None,
+        ge=2,
+        le=32,
+        description="Signed quantization width (values in +-(2^(q-1)-1)); default from "
+        "codec.quantize: int8 -> 8, int4 -> 4, otherwise 16.",
+    )
+    clip_range: float | None = Field(
+        default=None,
+        gt=0,
+        description="Each value is clamped to +-clip_range, the global quantization range; "
+        "default codec.clip_norm (a clipped update never exceeds it).",
+    )
+    neighbours: int | None = Field(
+        default=None, ge=1, description="Degree k of the neighbour graph; null: every client."
+    )
+    threshold: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Share of a client's neighbours needed to recover its secrets.",
+    )
+    timeout: float = Field(default=120.0, gt=0, description="Seconds per stage after training.")
+
+    @staticmethod
+    def wrap_error(num_clients: int, bits: int, quant_bits: int) -> str | None:
+        """Why a sum of ``num_clients`` quantized values could wrap mod 2^bits, else None."""
+        limit = (1 << (bits - 1)) - 1
+        largest = (1 << (quant_bits - 1)) - 1
+        worst = num_clients * largest
+        if worst <= limit:
+            return None
+        fits = [
+            q for q in range(quant_bits - 1, 1, -1) if num_clients * ((1 << (q - 1)) - 1) <= limit
+        ]
+        hint = f"lower secagg.quant_bits to {fits[0]} or " if fits else ""
+        return (
+            f"{num_clients} clients x largest quantized value {largest} (quantization width "
+            f"{quant_bits}) = {worst} exceeds {limit}, the largest sum a {bits}-bit modulus "
+            f"holds (secagg.bits={bits}); {hint}raise secagg.bits"
+        )
+
+    def resolved_quant_bits(self, codec: CodecConfig) -> int:
+        if self.quant_bits is not None:
+            return self.quant_bits
+        return {"int8": 8, "int4": 4}.get(codec.quantize, 16)
 
     @model_validator(mode="after")
-    def _available(self) -> SecAggConfig:
-        if self.enabled:
-            raise ValueError("secure aggregation is not available in this version of fedsys")
+    def _check_widths(self) -> SecAggConfig:
+        if self.quant_bits is not None and self.quant_bits > self.bits:
+            raise ValueError(
+                f"secagg.quant_bits ({self.quant_bits}) cannot exceed secagg.bits ({self.bits})"
+            )
         return self
 
 
 class PublishConfig(Section):
-    """Publishing the global model to a registry (not available yet)."""
+    """Publishing the global model to a signed, versioned registry (and an endpoint)."""
 
-    mode: Literal["never", "every_round", "on_improvement", "at_end"] = "never"
-    registry: Path | None = None
+    mode: Literal["never", "every_round", "on_improvement", "at_end"] = Field(
+        default="never",
+        description="every_round; on_improvement: when central accuracy beats the best so "
+        "far; at_end: after the last round.",
+    )
+    registry: Path | None = Field(
+        default=None, description="Local registry directory (default <out>/registry)."
+    )
+    endpoint: str | None = Field(
+        default=None, description="Also POST each version to this endpoint (http://host:8080)."
+    )
+    token_env: str = Field(
+        default="FEDSYS_PUBLISH_TOKEN",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the endpoint's bearer token.",
+    )
+    signing_key: Path | None = Field(
+        default=None,
+        description="Ed25519 PEM key that signs versions (default: one kept in "
+        "<out>/publisher.key; its public half goes to <registry>/publisher.pub).",
+    )
+    int8_copy: bool = Field(default=False, description="Add an int8 serving copy.")
+    retries: int = Field(default=3, ge=0, description="Extra attempts per remote publish.")
+    backoff_seconds: float = Field(default=0.5, ge=0, description="First retry delay; doubles.")
+    timeout_seconds: float = Field(default=10.0, gt=0, description="Per HTTP request.")
 
     @model_validator(mode="after")
-    def _available(self) -> PublishConfig:
-        if self.mode != "never":
-            raise ValueError("publishing is not available in this version of fedsys")
+    def _endpoint_url(self) -> PublishConfig:
+        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError(
+                f"publish.endpoint must start with http:// or https://, got {self.endpoint!r}"
+            )
         return self
 
 
 class ServeConfig(Section):
-    """The inference endpoint (not available yet)."""
+    """The inference endpoint that ``fedsys simulate`` runs beside training (serve.enabled):
+    it serves the run's registry and, at the end, answers the test set over HTTP."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
-    workers: int = Field(default=1, ge=1)
-
-    @model_validator(mode="after")
-    def _available(self) -> ServeConfig:
-        if self.enabled:
-            raise ValueError("serving is not available in this version of fedsys")
-        return self
+    port: int = Field(default=0, ge=0, le=65535, description="0: any free port.")
+    workers: int = Field(
+        default=1, ge=1, description="1: a thread of the simulation; more: worker processes."
+    )
+    max_batch_size: int = Field(default=32, ge=1, description="Rows per model call.")
+    max_wait_ms: float = Field(default=2.0, ge=0, le=1000, description="Wait for batch-mates.")
 
 
 class RuntimeConfig(Section):
@@ -276,6 +352,71 @@ class ExperimentConfig(Section):
                 f"strategy.dp cannot wrap the robust strategy {self.strategy.name!r}: "
                 "Flower's DP wrappers assume a weighted average"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_serve(self) -> ExperimentConfig:
+        """Serving needs something published: serve.enabled turns publishing on at the end
+        of the run unless publish.mode was set; an explicit publish.mode=never is an error."""
+        if not self.serve.enabled or self.publish.mode != "never":
+            return self
+        if "mode" in self.publish.model_fields_set:
+            raise ValueError(
+                "serve.enabled needs a published model, but publish.mode is 'never' "
+                "(use at_end, every_round or on_improvement)"
+            )
+        self.publish.mode = "at_end"
+        return self
+
+    @model_validator(mode="after")
+    def _check_secagg(self) -> ExperimentConfig:
+        """Secure aggregation hides individual updates: refuse what needs to see them."""
+        if not self.secagg.enabled:
+            return self
+        fix = "clip on the clients instead (codec.clip_norm)"
+        if self.strategy.name in ROBUST_STRATEGIES:
+            raise ValueError(
+                f"secagg.enabled: strategy {self.strategy.name!r} needs every client's update, "
+                "but secure aggregation reveals only their sum; use fedavg, fedprox, fedavgm, "
+                f"fedadam, fedyogi or fedadagrad, and {fix} to bound each client's influence"
+            )
+        if self.strategy.dp is not None:
+            raise ValueError(
+                "secagg.enabled: strategy.dp (Flower's server-side DP) clips each client's "
+                f"update on the server, which never sees one under secure aggregation; {fix}"
+            )
+        if self.codec.max_norm is not None:
+            raise ValueError(
+                "secagg.enabled: codec.max_norm checks each update's norm on the server, which "
+                f"sees only the masked sum; remove it and {fix}"
+            )
+        if self.codec.topk is not None:
+            raise ValueError(
+                "secagg.enabled: codec.topk sends different positions per client, which leak "
+                "and cannot be summed under masks; remove codec.topk (quantization still "
+                "applies, see secagg.quant_bits)"
+            )
+        if self.codec.encrypt:
+            raise ValueError(
+                "secagg.enabled: codec.encrypt seals each update to the server, but masked "
+                "updates are already unreadable to it; set codec.encrypt=false"
+            )
+        if self.codec.clip_norm is None:
+            raise ValueError(
+                "secagg.enabled requires codec.clip_norm: the sum is quantized with one global "
+                "scale, and client-side clipping is what bounds every value (and each "
+                "client's influence, since the server cannot check updates)"
+            )
+        bits = self.secagg.bits
+        quant = self.secagg.resolved_quant_bits(self.codec)
+        if quant > bits:
+            raise ValueError(
+                f"secagg: quantization width {quant} (from codec.quantize="
+                f"{self.codec.quantize!r}) exceeds secagg.bits ({bits}); set secagg.quant_bits"
+            )
+        reason = SecAggConfig.wrap_error(self.data.num_partitions, bits, quant)
+        if reason is not None:
+            raise ValueError(f"secagg: the sum could wrap around: {reason}")
         return self
 
     def to_json(self) -> str:

@@ -58,3 +58,51 @@ class UpdateRejected(CodecError):
 
 class KeyFileError(FedsysError):
     """A key file or key encoding is missing, malformed, of the wrong kind or too permissive."""
+
+
+class SecAggError(FedsysError):
+    """Secure aggregation could not go on as planned; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SecAggMessageInvalid(SecAggError):
+    """A peer's secure-aggregation message is malformed (wrong length, type or binding).
+
+    ``node_id`` names the peer whose message failed, so the caller can exclude it.
+    """
+
+    def __init__(self, node_id: int, reason: str) -> None:
+        super().__init__(f"node {node_id}: {reason}")
+        self.node_id = node_id
+        self.detail = reason
+
+
+class SecAggAborted(SecAggError):
+    """The round cannot be unmasked (too few survivors or shares); the model stays as it was.
+
+    ``culprit`` names a node whose shares its neighbours could not open, when that is why.
+    """
+
+    def __init__(self, reason: str, culprit: int | None = None) -> None:
+        super().__init__(reason)
+        self.culprit = culprit
+
+
+class ArtifactRejected(FedsysError):
+    """A registry artifact was refused: bad signature, hash mismatch, malformed manifest or
+    weights, unknown model or version. ``reason`` says which, for logs and HTTP answers."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UnknownArtifact(ArtifactRejected):
+    """The model name or version does not exist in the registry (an endpoint's 404)."""
+
+
+class VersionConflict(ArtifactRejected):
+    """The version already exists or is not newer than the latest one (an endpoint's 409)."""

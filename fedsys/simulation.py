@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -37,11 +38,21 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
         },
         "init_args": {"logging_level": logging.ERROR, "log_to_driver": True},
     }
-    run_simulation(
-        server_app=make_server_app(
-            Launch(cfg=cfg, out_dir=out_dir, resume=resume, simulation=True)
-        ),
-        client_app=client_app,
-        num_supernodes=cfg.data.num_partitions,
-        backend_config=backend_config,  # type: ignore[arg-type]
-    )
+    endpoint: contextlib.AbstractContextManager[str | None] = contextlib.nullcontext()
+    if cfg.serve.enabled:  # serve the run's registry while it trains (fedsys/serving)
+        from fedsys.serving.loop_close import endpoint_for
+
+        endpoint = endpoint_for(cfg, out_dir)
+    with endpoint as url:
+        run_simulation(
+            server_app=make_server_app(
+                Launch(cfg=cfg, out_dir=out_dir, resume=resume, simulation=True)
+            ),
+            client_app=client_app,
+            num_supernodes=cfg.data.num_partitions,
+            backend_config=backend_config,  # type: ignore[arg-type]
+        )
+        if url is not None:
+            from fedsys.serving.loop_close import close_loop
+
+            close_loop(cfg, out_dir, url)

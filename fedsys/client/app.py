@@ -8,6 +8,7 @@ the model object are memoised per process: a simulation worker serves many clien
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from fedsys.client import secagg
 from fedsys.client.node_state import state_root
 from fedsys.client.outbound import encode_delta, signing_key
 from fedsys.codec.downlink import decode_global
@@ -33,6 +35,8 @@ from fedsys.protocol import (
     record_number,
     record_text,
 )
+from fedsys.secagg.messages import PARAMS_KEY as SECAGG_PARAMS_KEY
+from fedsys.secagg.messages import STAGE_MASK, STAGE_SHARE, STAGE_UNMASK
 from fedsys.training import derive_seed, evaluate, select_device, state_delta, train_local
 
 app = ClientApp()
@@ -63,6 +67,25 @@ def _model(config_json: str, seed: int) -> nn.Module:
 
 def _partition_id(context: Context) -> int:
     return int(context.node_config.get("partition-id", 0))
+
+
+@lru_cache(maxsize=4)
+def _file_tensors(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deployed node's own data: an ``.npz`` file with ``x`` and ``y`` (no pickle)."""
+    from fedsys.deploy.node_data import read_node_data
+
+    x, y = read_node_data(Path(path))
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _local_tensors(
+    config_json: str, seed: int, context: Context
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``data-path`` from the node config (deployed), else this node's partition."""
+    data_path = context.node_config.get("data-path")
+    if data_path:
+        return _file_tensors(str(data_path))
+    return _partition_tensors(config_json, seed, _partition_id(context))
 
 
 def _client_id(context: Context) -> str:
@@ -113,7 +136,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg = _parse_config(config_json)
     rnd = int(record_number(config, "server-round"))
     pid = _partition_id(context)
-    x, y = _partition_tensors(config_json, seed, pid)
+    x, y = _local_tensors(config_json, seed, context)
     model = _model(config_json, seed)
     global_state = _global_state(model, arrays, config)
     model.load_state_dict(global_state)
@@ -129,7 +152,18 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=record_number(config, "proximal-mu", 0.0),
         work_fraction=work,
     )
-    delta = state_delta(model.state_dict(), global_state)
+    # global_state is this call's own decoded copy, no longer needed once training is done
+    delta = state_delta(model.state_dict(), global_state, overwrite_base=True)
+    if SECAGG_PARAMS_KEY in config:  # secure aggregation: quantize, keep, advertise keys
+        done: dict[str, float | int] = {
+            "num-examples": result.num_examples,
+            "train_loss": result.train_loss,
+            "train_seconds": result.seconds,
+            "steps": result.steps,
+            "straggler": int(work < 1.0),
+        }
+        state_dir = state_root(cfg.runtime.node_state_dir)
+        return secagg.setup(msg, context, cfg, delta, done, state_dir=state_dir, seed=seed)
     aggregator_key = config.get(AGGREGATOR_KEY)
     outbound = encode_delta(
         delta,
@@ -160,7 +194,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the local partition."""
     config_json, seed, arrays, _ = _received(msg)
     cfg = _parse_config(config_json)
-    x, y = _partition_tensors(config_json, seed, _partition_id(context))
+    x, y = _local_tensors(config_json, seed, context)
     model = _model(config_json, seed)
     model.load_state_dict(arrays.to_torch_state_dict())
     res = evaluate(
@@ -170,6 +204,21 @@ def evaluate_local(msg: Message, context: Context) -> Message:
         {"num-examples": res.num_examples, "eval_loss": res.loss, "eval_accuracy": res.accuracy}
     )
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.query(STAGE_SHARE)
+def secagg_share(msg: Message, context: Context) -> Message:
+    return secagg.share(msg, context)
+
+
+@app.query(STAGE_MASK)
+def secagg_mask(msg: Message, context: Context) -> Message:
+    return secagg.mask(msg, context)
+
+
+@app.query(STAGE_UNMASK)
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    return secagg.unmask(msg, context)
 
 
 @app.query()

@@ -19,7 +19,12 @@ from fedsys.client.node_state import load_residual, save_residual
 from fedsys.codec import encode_update, pipeline_from_config
 from fedsys.config import CodecConfig
 from fedsys.crypto import ClientKeys, RoundBinding, exchange_public_from_raw, seal
-from fedsys.crypto.keys import generate_signing_key, private_to_pem, signing_key_from_pem
+from fedsys.crypto.keys import (
+    generate_signing_key,
+    private_to_pem,
+    read_signing_key,
+    signing_key_from_pem,
+)
 from fedsys.protocol import PAYLOAD_KEY
 from fedsys.training import derive_seed
 
@@ -46,9 +51,12 @@ def _state(context: Context) -> ConfigRecord:
 def signing_key(context: Context) -> bytes:
     """This node's Ed25519 key (PEM), made on first use and kept in the node's state.
 
-    In simulation every run makes fresh keys; a deployed client daemon loads its key from a
-    file instead and never reaches this function.
+    In simulation every run makes fresh keys; a deployed node names its key file in the node
+    config (``signing-key``, made by ``fedsys keys client``; refused unless 0600).
     """
+    key_file = context.node_config.get("signing-key")
+    if key_file:
+        return private_to_pem(read_signing_key(Path(str(key_file))))
     state = _state(context)
     pem = state.get(_SIGNING_KEY)
     if not isinstance(pem, bytes):

@@ -143,6 +143,16 @@ def read_exchange_key(path: Path) -> X25519PrivateKey:
     return exchange_key_from_pem(_read_private(path))
 
 
+def write_secret_file(path: Path, data: bytes, *, overwrite: bool = False) -> None:
+    """Any other secret (a TLS or SSH private key): owner-only (0600), replaced atomically."""
+    _write_atomic(Path(path), data, 0o600, overwrite)
+
+
+def read_secret_file(path: Path) -> bytes:
+    """A secret's bytes; refused when group or others can access the file."""
+    return _read_private(Path(path))
+
+
 def write_public_key(path: Path, key: PublicKey, *, overwrite: bool = False) -> None:
     """The raw public key as hex plus a newline (readable by everyone)."""
     _write_atomic(Path(path), public_to_raw(key).hex().encode() + b"\n", 0o644, overwrite)
@@ -155,6 +165,15 @@ def read_exchange_public_key(path: Path) -> X25519PublicKey:
     except (OSError, ValueError) as exc:
         raise KeyFileError(f"cannot read public key {path}: {exc}") from None
     return exchange_public_from_raw(raw)
+
+
+def read_signing_public_key(path: Path) -> Ed25519PublicKey:
+    """An Ed25519 public key written by :func:`write_public_key` (e.g. the publishing key)."""
+    try:
+        raw = bytes.fromhex(Path(path).read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"cannot read public key {path}: {exc}") from None
+    return signing_public_from_raw(raw)
 
 
 def save_allow_list(path: Path, allow_list: Mapping[str, Ed25519PublicKey]) -> None:
@@ -178,3 +197,46 @@ def load_allow_list(path: Path) -> dict[str, Ed25519PublicKey]:
             raise KeyFileError(f"allow-list {path}: key of {cid!r} is not hex") from None
         out[cid] = signing_public_from_raw(raw)
     return out
+
+
+def signing_public_to_pem(key: Ed25519PublicKey) -> bytes:
+    """SubjectPublicKeyInfo PEM (what ``publisher.pub`` in a model registry holds)."""
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def signing_public_from_bytes(data: bytes) -> Ed25519PublicKey:
+    """An Ed25519 public key given as PEM, as 32 raw bytes, or as 64 hex characters."""
+    if data.lstrip().startswith(b"-----BEGIN"):
+        try:
+            key = serialization.load_pem_public_key(data)
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise KeyFileError(f"not a PEM public key: {exc}") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise KeyFileError(f"expected an Ed25519 public key, found a {type(key).__name__}")
+        return key
+    if len(data) == 32:
+        return signing_public_from_raw(data)
+    try:
+        raw = bytes.fromhex(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise KeyFileError("an Ed25519 public key must be PEM, 32 raw bytes or hex") from None
+    return signing_public_from_raw(raw)
+
+
+def load_signing_public_key(path: Path) -> Ed25519PublicKey:
+    """Read an Ed25519 public key file in any form :func:`signing_public_from_bytes` takes."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read public key {path}: {exc.strerror}") from None
+    try:
+        return signing_public_from_bytes(data)
+    except KeyFileError as exc:
+        raise KeyFileError(f"{path}: {exc}") from None
+
+
+def write_signing_public_pem(path: Path, key: Ed25519PublicKey, *, overwrite: bool = False) -> None:
+    """The public half as PEM, readable by everyone, written atomically."""
+    _write_atomic(Path(path), signing_public_to_pem(key), 0o644, overwrite)

@@ -11,6 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsys.client.node_state import drop_run, state_root
 from fedsys.config import ExperimentConfig, load_config
+from fedsys.crypto import AggregatorKeys, load_allow_list, read_exchange_key
 from fedsys.server.loop import run_federation
 from fedsys.server.progress import LogReporter, Reporter, RichReporter
 
@@ -23,6 +24,14 @@ class Launch:
     out_dir: Path
     resume: bool = False
     simulation: bool = False  # nodes share this machine's disk: drop their run state at the end
+    # Deployed (`fedsys server`): the aggregator's X25519 key and the allow-list, from files.
+    update_key: Path | None = None
+    allow_list: Path | None = None
+
+    def deployed_keys(self) -> AggregatorKeys | None:
+        if self.update_key is None or self.allow_list is None:
+            return None
+        return AggregatorKeys(read_exchange_key(self.update_key), load_allow_list(self.allow_list))
 
 
 def launch_from_run_config(run_config: dict[str, object]) -> Launch:
@@ -32,7 +41,15 @@ def launch_from_run_config(run_config: dict[str, object]) -> Launch:
         s for s in shlex.split(str(run_config.get("overrides", "")).replace(";", " ")) if s
     ]
     cfg = load_config(Path(config_file) if config_file else None, overrides)
-    return Launch(cfg=cfg, out_dir=Path(str(run_config.get("out-dir", "runs/flwr-run"))))
+    update_key = str(run_config.get("update-key", "") or "")
+    allow_list = str(run_config.get("allow-list", "") or "")
+    return Launch(
+        cfg=cfg,
+        out_dir=Path(str(run_config.get("out-dir", "runs/flwr-run"))),
+        resume=bool(run_config.get("resume", False)),
+        update_key=Path(update_key) if update_key else None,
+        allow_list=Path(allow_list) if allow_list else None,
+    )
 
 
 def _reporter(cfg: ExperimentConfig) -> Reporter:
@@ -48,7 +65,12 @@ def make_server_app(launch: Launch | None = None) -> ServerApp:
         chosen = launch or launch_from_run_config(dict(context.run_config))
         try:
             run_federation(
-                grid, chosen.cfg, chosen.out_dir, _reporter(chosen.cfg), resume=chosen.resume
+                grid,
+                chosen.cfg,
+                chosen.out_dir,
+                _reporter(chosen.cfg),
+                resume=chosen.resume,
+                deployed_keys=chosen.deployed_keys(),
             )
         finally:
             if chosen.simulation:

@@ -8,7 +8,6 @@ previous round's checkpoint or the new one, never a mix.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
 from fedsys.errors import CheckpointError
+from fedsys.fsio import atomic_write_bytes
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT_VERSION = 1
@@ -35,21 +35,6 @@ class Checkpoint:
     strategy_state: dict[str, Any] = field(default_factory=dict)
     rng_state: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(directory: Path, ckpt: Checkpoint) -> Path:

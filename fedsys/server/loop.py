@@ -22,7 +22,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
@@ -56,8 +56,10 @@ from fedsys.server.records import (
     truncate_rounds,
     write_json,
 )
+from fedsys.server.secagg_round import SecAggOutcome, SecAggRound
 from fedsys.server.strategies import build_strategy
 from fedsys.server.strategy_state import export_state, import_state
+from fedsys.serving.publisher import Publisher
 from fedsys.training import evaluate, select_device
 
 log = logging.getLogger("fedsys")
@@ -170,7 +172,12 @@ class Federation:
     """One run of the round loop over a Grid."""
 
     def __init__(
-        self, grid: Grid, cfg: ExperimentConfig, out_dir: Path, reporter: Reporter
+        self,
+        grid: Grid,
+        cfg: ExperimentConfig,
+        out_dir: Path,
+        reporter: Reporter,
+        deployed_keys: AggregatorKeys | None = None,
     ) -> None:
         self.cfg = cfg
         self.paths = RunPaths(out_dir)
@@ -191,9 +198,18 @@ class Federation:
         self.round = 0
         self.elapsed_before = 0.0
         self.resumed_from: int | None = None
-        # Update encryption: a fresh aggregator key per run (deployment loads one from a file).
-        self.exchange_key = generate_exchange_key() if cfg.codec.encrypt else None
+        # Update encryption: a fresh aggregator key per run, or (deployed) the key and the
+        # allow-list from files, so hellos never decide whom the server trusts.
+        self.deployed_keys = deployed_keys
+        self.exchange_key = (
+            (deployed_keys.exchange_key if deployed_keys else generate_exchange_key())
+            if cfg.codec.encrypt
+            else None
+        )
         self.streaming = cfg.strategy.name in STREAMING_STRATEGIES and cfg.strategy.dp is None
+        # FedAvg and FedProx return the weighted mean unchanged: a streaming round's mean is
+        # the new model, without a serialize/deserialize trip through the strategy.
+        self.mean_is_final = self.streaming and type(self.strategy) in (FedAvg, FedProx)
         self.policy = UpdatePolicy(
             max_payload_bytes=cfg.codec.max_update_bytes,
             max_norm=cfg.codec.max_norm,
@@ -209,6 +225,12 @@ class Federation:
         # Filled by the start-up hello in run(): node -> client id, and the aggregator's keys.
         self.client_ids: dict[int, str] = {}
         self.keys: AggregatorKeys | None = None
+        # Publishing to the model registry: decided here, written by a background thread.
+        self.publisher = (
+            Publisher(cfg, out_dir, info, eval_data=(self.test_x, self.test_y))
+            if cfg.publish.mode != "never"
+            else None
+        )
 
     def restore(self) -> None:
         """Continue from ``out/checkpoint`` if it exists."""
@@ -232,7 +254,9 @@ class Federation:
         self.round = ckpt.round
         self.elapsed_before = float(ckpt.extra.get("wall_seconds", 0.0))
         self.resumed_from = ckpt.round
-        truncate_rounds(self.paths.metrics, ckpt.round)
+        kept = truncate_rounds(self.paths.metrics, ckpt.round)
+        if self.publisher is not None and kept:
+            self.publisher.resume(max(r.central_accuracy for r in kept))
         log.warning("resuming after round %d from %s", ckpt.round, self.paths.checkpoints)
 
     def run(self) -> RunSummary:
@@ -245,7 +269,10 @@ class Federation:
         grid = StableOrderGrid(self.grid, {n: h.partition_id for n, h in hellos.items()})
         self.client_ids = {n: h.client_id for n, h in hellos.items()}
         self.keys = (
-            AggregatorKeys(self.exchange_key, _allow_list(hellos))
+            AggregatorKeys(
+                self.exchange_key,
+                self.deployed_keys.allow_list if self.deployed_keys else _allow_list(hellos),
+            )
             if self.exchange_key is not None
             else None
         )
@@ -254,6 +281,7 @@ class Federation:
             while self.round < self.cfg.train.rounds:
                 self.round += 1
                 record = self._one_round(grid, self.round)
+                self._publish(record)
                 append_round(self.paths.metrics, record)
                 self._checkpoint(self.elapsed_before + time.perf_counter() - start)
                 self.reporter.update(record)
@@ -264,6 +292,8 @@ class Federation:
             self.reporter.stop()
             self._wait_for_checkpoint()
             self._checkpoint_writer.shutdown()
+            if self.publisher is not None:
+                self.publisher.close()  # flushes queued versions and uploads
         return self._finish(self.elapsed_before + time.perf_counter() - start)
 
     def _sample_seed(self) -> None:
@@ -274,7 +304,7 @@ class Federation:
     def _one_round(self, grid: StableOrderGrid, rnd: int) -> RoundRecord:
         t0 = time.perf_counter()
         self._sample_seed()
-        arrays = ArrayRecord({k: Array(v) for k, v in self.global_arrays.items()})
+        arrays = self._strategy_arrays()
         train_config = ConfigRecord(
             {CONFIG_KEY: self.cfg.to_json(), SEED_KEY: self.cfg.runtime.seed}
         )
@@ -283,19 +313,31 @@ class Federation:
         messages = list(self.strategy.configure_train(rnd, arrays, train_config, grid))
         bytes_down_each = self._code_downlink(messages, arrays)
         run_id = self.grid.run.run_id
-        collector = RoundCollector(
-            self.global_arrays,
-            self.policy,
-            binding=lambda node: RoundBinding(run_id=run_id, round=rnd, node_id=node),
-            keys=self.keys,
-            client_ids=self.client_ids,
-            keep_stragglers=self.cfg.strategy.keeps_stragglers,
-            streaming=self.streaming,
-        )
-        silent = _exchange(grid, messages, collector, self.cfg.train.timeout)
-        result = collector.finish(grid.order_key)
-        for node in silent:
-            result.rejected.append(Rejection(node, "no reply within train.timeout"))
+        secagg: SecAggOutcome | None = None
+        if self.cfg.secagg.enabled:
+            secagg = SecAggRound(
+                grid,
+                self.cfg,
+                self.global_arrays,
+                run_id=run_id,
+                rnd=rnd,
+                keep_stragglers=self.cfg.strategy.keeps_stragglers,
+            ).run(messages, build_record=not self.mean_is_final)
+            result = secagg.result
+        else:
+            collector = RoundCollector(
+                self.global_arrays,
+                self.policy,
+                binding=lambda node: RoundBinding(run_id=run_id, round=rnd, node_id=node),
+                keys=self.keys,
+                client_ids=self.client_ids,
+                keep_stragglers=self.cfg.strategy.keeps_stragglers,
+                streaming=self.streaming,
+            )
+            silent = _exchange(grid, messages, collector, self.cfg.train.timeout)
+            result = collector.finish(grid.order_key, build_record=not self.mean_is_final)
+            for node in silent:
+                result.rejected.append(Rejection(node, "no reply within train.timeout"))
         for rej in result.rejected:
             log.warning("round %d: update from node %d rejected: %s", rnd, rej.node_id, rej.reason)
         self._aggregate(rnd, result)
@@ -325,7 +367,21 @@ class Federation:
             client_train_seconds=result.metrics.get("train_seconds"),
             encode_seconds=result.metrics.get("encode_seconds"),
             decode_seconds=result.decode_seconds,
+            secagg_seconds=secagg.seconds if secagg else None,
+            dropped_after_masking=secagg.dropped_after_masking if secagg else None,
+            secagg_aborted=secagg.aborted if secagg else None,
         )
+
+    def _strategy_arrays(self) -> ArrayRecord:
+        """The global model as the strategy's ``configure_train`` gets it.
+
+        With a coded downlink the fp32 record never travels, so it is only built (40 MB of
+        serialization at 10M parameters) for strategies that keep it as their reference
+        (FedOpt family, FedAvgM, QFedAvg, the DP wrappers all hold ``current_arrays``).
+        """
+        if self.cfg.codec.downlink != "none" and not hasattr(self.strategy, "current_arrays"):
+            return ArrayRecord()
+        return ArrayRecord({k: Array(v) for k, v in self.global_arrays.items()})
 
     def _code_downlink(self, messages: list[Message], arrays: ArrayRecord) -> int:
         """With ``codec.downlink`` set, swap each message's fp32 model for the coded one.
@@ -358,6 +414,9 @@ class Federation:
                 result.accepted,
                 self.cfg.strategy.min_accepted,
             )
+            return
+        if self.mean_is_final and result.mean_weights is not None:
+            self.global_arrays = result.mean_weights  # what FedAvg/FedProx would return
             return
         try:
             agg_arrays, _ = self.strategy.aggregate_train(rnd, result.for_strategy)
@@ -396,6 +455,17 @@ class Federation:
             pending, self._checkpoint_pending = self._checkpoint_pending, None
             pending.result()
 
+    def _publish(self, record: RoundRecord) -> None:
+        """Queue the round's model for the registry per ``publish.mode``; never raises."""
+        if self.publisher is not None:
+            record.published_version = self.publisher.after_round(
+                record.round,
+                self.global_arrays,
+                {"accuracy": record.central_accuracy, "loss": record.central_loss},
+                record.clients,
+                str(self.grid.run.run_id),
+            )
+
     def _finish(self, wall_seconds: float) -> RunSummary:
         records = read_rounds(self.paths.metrics)
         save_file(
@@ -419,16 +489,26 @@ class Federation:
             seconds_per_round=sum(r.seconds for r in records) / len(records),
             model_parameters=count_parameters(self.model),
             resumed_from_round=self.resumed_from,
+            published_version=self.publisher.last_published if self.publisher else None,
         )
         write_json(self.paths.summary, summary)
         return summary
 
 
 def run_federation(
-    grid: Grid, cfg: ExperimentConfig, out_dir: Path, reporter: Reporter, *, resume: bool
+    grid: Grid,
+    cfg: ExperimentConfig,
+    out_dir: Path,
+    reporter: Reporter,
+    *,
+    resume: bool,
+    deployed_keys: AggregatorKeys | None = None,
 ) -> RunSummary:
-    """Run (or, with ``resume``, continue) the experiment over ``grid``."""
-    federation = Federation(grid, cfg, out_dir, reporter)
+    """Run (or, with ``resume``, continue) the experiment over ``grid``.
+
+    ``deployed_keys``: the aggregator's key and allow-list loaded from files (deployment).
+    """
+    federation = Federation(grid, cfg, out_dir, reporter, deployed_keys)
     if resume:
         federation.restore()
     return federation.run()

@@ -34,6 +34,10 @@ class RoundRecord(BaseModel):
     client_train_seconds: float | None
     encode_seconds: float | None = None  # clients' mean, codec + encryption
     decode_seconds: float = 0.0  # server, all updates: verify, decrypt, decode, add
+    secagg_seconds: dict[str, float] | None = None  # secure aggregation: seconds per stage
+    dropped_after_masking: int | None = None  # secagg: masks removed through their shares
+    secagg_aborted: str | None = None  # secagg: why the round could not be unmasked
+    published_version: int | None = None  # registry version this round's model was queued as
 
 
 class RunSummary(BaseModel):
@@ -52,6 +56,9 @@ class RunSummary(BaseModel):
     seconds_per_round: float
     model_parameters: int
     resumed_from_round: int | None
+    published_version: int | None = None  # last version written to the local registry
+    served_accuracy: float | None = None  # serve.enabled: the test set through the endpoint
+    served_version: int | None = None  # the registry version that answered it
 
 
 def read_rounds(path: Path) -> list[RoundRecord]:

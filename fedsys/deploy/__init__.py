@@ -1,0 +1,1 @@
+"""Deployment on Flower's SuperLink / SuperNode: keys, certificates, server and client daemons."""

@@ -1,0 +1,146 @@
+"""``fedsys client``: a supervised Flower SuperNode plus the warm trainer it hands work to.
+
+The SuperNode (``flower-supernode``) connects to the SuperLink over TLS with the node's
+authentication key and starts a ``flwr-clientapp`` process per message; the fedsys ClientApp
+in there hands the work to the warm trainer over a private Unix socket (see
+:mod:`fedsys.deploy.worker`). Both children are restarted with backoff when they exit (a
+SuperLink restart makes the SuperNode exit or retry), and SIGTERM stops both and exits 0.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from fedsys.crypto.keys import read_secret_file, read_signing_key
+from fedsys.deploy.layout import check_client_id
+from fedsys.deploy.settings import ClientSettings
+from fedsys.deploy.supervise import Child, Supervisor, emit
+from fedsys.deploy.thin_client import WORKER_SOCKET
+from fedsys.deploy.worker import prepare_private_dir
+
+COMPONENT = "client"
+# SuperExec polls its SuperNode for new ClientApp tasks every second by default: a tenth of
+# that takes most of the idle wait out of every round at a negligible CPU cost.
+TASK_POLL_INTERVAL = "0.1"
+
+
+def _bin(name: str) -> str:
+    """An entry point installed next to this interpreter (venvs are often not on PATH)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", TASK_POLL_INTERVAL)
+    return env
+
+
+def socket_path(settings: ClientSettings) -> Path:
+    return settings.state_dir / "run" / "worker.sock"
+
+
+def node_config(settings: ClientSettings) -> str:
+    """The SuperNode's ``--node-config``: what the fedsys ClientApp reads from its context."""
+    items: dict[str, str | int] = {
+        "client-id": settings.client_id,
+        "partition-id": settings.partition_id,
+        "signing-key": str(settings.signing_key),
+    }
+    if settings.data_path is not None:
+        items["data-path"] = str(settings.data_path)
+    if settings.warm_worker:
+        items[WORKER_SOCKET] = str(socket_path(settings))
+    return " ".join(
+        f"{k}={v}" if isinstance(v, int) else f"{k}={_toml_string(v)}" for k, v in items.items()
+    )
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def supernode_argv(settings: ClientSettings) -> list[str]:
+    argv = [
+        _bin("flower-supernode"),
+        "--superlink",
+        settings.superlink,
+        "--port",
+        str(settings.runtime_port),
+        "--node-config",
+        node_config(settings),
+    ]
+    if settings.insecure:
+        argv.append("--insecure")
+    else:
+        argv += ["--root-certificates", str(settings.root_certificates)]
+    if settings.auth_key is not None:
+        argv += ["--auth-supernode-private-key", str(settings.auth_key)]
+    if settings.fast_tasks:
+        argv += ["--isolation", "process"]  # tasks come from fedsys.deploy.task_runner
+    return argv
+
+
+def runtime_address(settings: ClientSettings) -> str:
+    """The SuperNode's local runtime API (where ClientApp tasks are handed out)."""
+    return f"127.0.0.1:{settings.runtime_port}"
+
+
+def check_files(settings: ClientSettings) -> None:
+    """Fail at start-up, with the file named, rather than at the first round."""
+    check_client_id(settings.client_id)
+    read_signing_key(settings.signing_key)
+    if settings.auth_key is not None:
+        read_secret_file(settings.auth_key)
+    if settings.root_certificates is not None and not settings.root_certificates.is_file():
+        raise FileNotFoundError(f"root_certificates {settings.root_certificates} is missing")
+    if settings.data_path is not None and not settings.data_path.exists():
+        raise FileNotFoundError(f"data_path {settings.data_path} is missing")
+
+
+def build_supervisor(settings: ClientSettings) -> Supervisor:
+    env = child_env()
+    logs = settings.state_dir / "logs"
+    children: list[Child] = []
+    if settings.warm_worker:
+        prepare_private_dir(socket_path(settings).parent)
+        worker_argv = [sys.executable, "-m", "fedsys.deploy.worker"]
+        worker_argv += ["--socket", str(socket_path(settings))]
+        children.append(Child("worker", worker_argv, env, logs / "worker.log"))
+    children.append(Child("supernode", supernode_argv(settings), env, logs / "supernode.log"))
+    if settings.fast_tasks:
+        runner_argv = [sys.executable, "-m", "fedsys.deploy.task_runner"]
+        runner_argv += ["--runtime-api-address", runtime_address(settings)]
+        children.append(Child("task-runner", runner_argv, env, logs / "task_runner.log"))
+    return Supervisor(
+        COMPONENT,
+        children,
+        settings.backoff,
+        stop_timeout=settings.stop_timeout,
+        refused_limit=settings.refused_limit,
+    )
+
+
+def run_client(settings: ClientSettings) -> int:
+    """Run until SIGTERM (0) or until the SuperLink keeps refusing this node (3)."""
+    check_files(settings)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    supervisor = build_supervisor(settings)
+    emit(
+        COMPONENT,
+        "starting",
+        client_id=settings.client_id,
+        superlink=settings.superlink,
+        tls=not settings.insecure,
+        node_auth=settings.auth_key is not None,
+        warm_worker=settings.warm_worker,
+        fast_tasks=settings.fast_tasks,
+        supernode=shlex.join(supernode_argv(settings)[:3]),
+    )
+    return supervisor.run()

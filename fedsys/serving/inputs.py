@@ -1,0 +1,131 @@
+"""Predict request bodies (JSON or ``.npy``) to a validated float32 batch, or a 4xx reason.
+
+Everything a client can get wrong is caught here and named: body size, media type, JSON
+syntax and schema, ragged or non-numeric instances, dtype, shape, emptiness, NaN/inf.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import ClientDisconnect, Request
+
+from fedsys.serving.batcher import FloatArray
+
+JSON_TYPES = frozenset({"application/json"})
+NPY_TYPES = frozenset({"application/octet-stream", "application/x-npy"})
+
+
+class BadRequest(Exception):
+    """A client error: answered with ``status`` and ``message`` as ``{"detail": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class PredictRequest(BaseModel):
+    """JSON body of ``POST /v1/models/{name}:predict``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[Any] = Field(description="One entry per sample, each of the input shape.")
+    probabilities: bool = Field(default=False, description="Also return class probabilities.")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[int]
+    version: int
+    model: str
+    probabilities: list[list[float]] | None = None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) more than ``limit`` bytes, declared or streamed."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise BadRequest(400, "Content-Length is not a number") from None
+        if size > limit:
+            raise BadRequest(413, f"body of {size} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise BadRequest(413, f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise BadRequest(400, "the client closed the connection mid-body") from None
+    return b"".join(chunks)
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def parse_json(body: bytes) -> tuple[np.ndarray[Any, Any], bool]:
+    try:
+        raw = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(400, f"body is not valid JSON: {exc}") from None
+    try:
+        req = PredictRequest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise BadRequest(422, f"invalid predict request at {where}: {first['msg']}") from None
+    try:
+        arr = np.asarray(req.instances, dtype=np.float32)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise BadRequest(
+            422, "instances must be equally shaped nested lists of numbers (ragged or non-numeric)"
+        ) from None
+    return arr, req.probabilities
+
+
+def parse_npy(body: bytes) -> np.ndarray[Any, Any]:
+    if not body:
+        raise BadRequest(400, "body is empty; send a .npy array")
+    try:
+        arr = np.load(io.BytesIO(body), allow_pickle=False)
+    except Exception as exc:  # numpy raises ValueError, EOFError, OSError... on garbage
+        raise BadRequest(400, f"body is not a valid .npy array: {exc}") from None
+    if not isinstance(arr, np.ndarray):
+        raise BadRequest(400, "body is not a single .npy array")
+    if arr.dtype.kind not in "fiu" or arr.dtype.itemsize > 8:
+        raise BadRequest(
+            422, f"array dtype {arr.dtype} is not supported; send float32 (or another real dtype)"
+        )
+    return arr
+
+
+def check_batch(
+    arr: np.ndarray[Any, Any], input_shape: tuple[int, ...], max_instances: int, model: str
+) -> FloatArray:
+    """A contiguous float32 (n, *input_shape) batch with 1 <= n <= max_instances, all finite."""
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        raise BadRequest(422, "no instances: send at least one sample")
+    if tuple(arr.shape[1:]) != input_shape:
+        raise BadRequest(
+            422,
+            f"instances have per-sample shape {list(arr.shape[1:])}, but model {model!r} "
+            f"takes {list(input_shape)} (batch shape {[arr.shape[0], *input_shape]})",
+        )
+    if arr.shape[0] > max_instances:
+        raise BadRequest(
+            413, f"{arr.shape[0]} instances exceed the limit of {max_instances} per request"
+        )
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise BadRequest(422, "instances contain NaN or infinite values (or overflow float32)")
+    return out

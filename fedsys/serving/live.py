@@ -1,0 +1,103 @@
+"""The models a worker serves right now, swapped atomically when the registry moves.
+
+A request looks its model up once, on arrival, and keeps that object to the end, so a swap
+never changes the model under a request in flight: requests admitted before the swap
+finish on the old model, later ones use the new one, and none fails. Swaps happen on the
+event loop only; the dict assignment is the whole swap.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from torch import nn
+
+from fedsys.crypto import signing_public_from_raw
+from fedsys.errors import KeyFileError
+from fedsys.serving.batcher import FloatArray
+from fedsys.serving.manifest import ModelManifest
+
+log = logging.getLogger("fedsys.serving")
+
+
+@dataclass(frozen=True, eq=False)
+class ServedModel:
+    """One loaded, verified version of a model; identity is what the batcher groups by."""
+
+    name: str
+    version: int
+    manifest: ModelManifest
+    module: nn.Module
+    variant: str = "fp32"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest.input_shape)
+
+    def run(self, x: FloatArray) -> FloatArray:
+        """Logits for a batch; called from the inference thread only."""
+        with torch.inference_mode():
+            logits = self.module(torch.from_numpy(x))
+        out: FloatArray = logits.float().numpy()
+        return out
+
+
+class LiveModels:
+    """name -> the ServedModel answering requests now."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, ServedModel] = {}
+
+    def get(self, name: str) -> ServedModel | None:
+        return self._models.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def swap(self, served: ServedModel) -> ServedModel | None:
+        """Serve ``served`` from now on; returns the model it replaced."""
+        old = self._models.get(served.name)
+        self._models[served.name] = served
+        return old
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+def read_trusted_key(path: Path) -> Ed25519PublicKey:
+    """The publisher's Ed25519 public key: raw 32 bytes, 64 hex characters, or PEM."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read publisher key {path}: {exc.strerror}") from None
+    if data.lstrip().startswith(b"-----BEGIN"):
+        try:
+            key = load_pem_public_key(data)
+        except ValueError as exc:
+            raise KeyFileError(f"publisher key {path} is not a valid PEM key: {exc}") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise KeyFileError(f"publisher key {path} is not an Ed25519 public key")
+        return key
+    if len(data) == 32:
+        return signing_public_from_raw(data)
+    try:
+        raw = bytes.fromhex(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise KeyFileError(
+            f"publisher key {path} is neither raw (32 bytes), hex nor PEM Ed25519"
+        ) from None
+    return signing_public_from_raw(raw)
+
+
+def softmax(logits: FloatArray) -> FloatArray:
+    """Row-wise probabilities (numerically stable)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    out: FloatArray = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    return out

@@ -1,0 +1,128 @@
+"""One worker's serving state: registry, live models, batcher, and the active-pointer poll.
+
+Every worker polls each model's ``active`` marker (a stat and a tiny read) every
+``poll_interval_s`` and hot-swaps when it moves, so a publish or rollback received by any
+worker, or written by the ServerApp's publisher, reaches all workers within about one poll
+interval plus the time to verify and load the new weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedsys.errors import FedsysError
+from fedsys.serving.audit import AuditLog
+from fedsys.serving.batcher import Batcher
+from fedsys.serving.live import LiveModels, ServedModel, read_trusted_key
+from fedsys.serving.metrics import ServeMetrics
+from fedsys.serving.registry import Registry
+from fedsys.serving.settings import ServeSettings
+
+log = logging.getLogger("fedsys.serving")
+
+Marker = tuple[int | None, int]
+
+
+class ServingState:
+    """What the routes share; created by ``create_app``, started by its lifespan."""
+
+    def __init__(self, settings: ServeSettings, metrics: ServeMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        settings.registry.mkdir(parents=True, exist_ok=True)
+        self.audit = AuditLog(settings.audit_path)
+        self.registry = Registry(settings.registry, audit=self.audit)
+        self.live = LiveModels()
+        self.batcher = Batcher(
+            settings.max_batch_size,
+            settings.max_wait_ms,
+            on_batch=lambda name, rows: metrics.batch_size.labels(name).observe(rows),
+        )
+        self.api_keys = settings.api_keys()
+        self.publish_token = settings.publish_token()
+        self.worker = os.getpid()
+        self._trusted: Ed25519PublicKey | None = None
+        self._seen: dict[str, Marker] = {}
+        self._lock = asyncio.Lock()
+        self._poller: asyncio.Task[None] | None = None
+
+    # lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.settings.torch_threads is not None:
+            torch.set_num_threads(self.settings.torch_threads)
+        if self.settings.switch_interval_s is not None:
+            sys.setswitchinterval(self.settings.switch_interval_s)
+        self.batcher.start()
+        await self.sync_all()
+        self._poller = asyncio.create_task(self._poll_forever(), name="fedsys-registry-poll")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        await asyncio.to_thread(self.batcher.stop)
+
+    # trust and loading ----------------------------------------------------------------------
+
+    def trusted(self) -> Ed25519PublicKey:
+        """The publisher key; read on first use (the registry may not have it at start-up)."""
+        if self._trusted is None:
+            self._trusted = read_trusted_key(self.settings.publisher_key_path)
+        return self._trusted
+
+    def _load(self, name: str, version: int) -> ServedModel:
+        """Verify and build one version (blocking: run it in a thread)."""
+        trusted = self.trusted()
+        manifest = next((m for m in self.registry.versions(name) if m.version == version), None)
+        variant = self.settings.variant
+        if variant == "int8" and (manifest is None or manifest.int8_sha256 is None):
+            log.warning("%s v%d has no int8 copy; serving fp32", name, version)
+            variant = "fp32"
+        loaded = self.registry.load(name, version, trusted, variant=variant)
+        return ServedModel(name, version, loaded.manifest, loaded.module.eval(), loaded.variant)
+
+    async def refresh(self, name: str) -> ServedModel | None:
+        """Serve ``name``'s active version if this worker does not already; keep the old
+        model when the new one fails verification."""
+        async with self._lock:
+            marker = await asyncio.to_thread(self.registry.read_active_marker, name)
+            if marker == self._seen.get(name):
+                return self.live.get(name)
+            self._seen[name] = marker
+            version = marker[0]
+            current = self.live.get(name)
+            if version is None or (current is not None and current.version == version):
+                return current
+            try:
+                served = await asyncio.to_thread(self._load, name, version)
+            except FedsysError as exc:  # the registry audits refused artifacts itself
+                log.error("cannot serve %s v%d: %s (keeping the current model)", name, version, exc)
+                return current
+            self.live.swap(served)
+            self.metrics.active_version.labels(name, str(self.worker)).set(version)
+            self.metrics.swaps.labels(name).inc()
+            log.info("worker %d now serves %s v%d (%s)", self.worker, name, version, served.variant)
+            return served
+
+    async def sync_all(self) -> None:
+        names = await asyncio.to_thread(self.registry.models)
+        for name in names:
+            await self.refresh(name)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            try:
+                await self.sync_all()
+            except (OSError, FedsysError) as exc:  # a registry mid-write must not end the poll
+                log.warning("registry poll failed: %s", exc)
