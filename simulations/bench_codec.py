@@ -42,7 +42,8 @@ def run(overrides: list[str], rounds: int) -> dict:
         out = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "fedsys.cli", "simulate", "--config"]
         cmd += ["configs/quickstart.yaml", "--out", str(out)]
-        for item in [f"train.rounds={rounds}", "runtime.progress=false", *overrides]:
+        no_serving = ["publish.mode=never", "serve.enabled=false"]  # bytes and accuracy only
+        for item in [f"train.rounds={rounds}", "runtime.progress=false", *no_serving, *overrides]:
             cmd += ["--set", item]
         env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
         start = time.perf_counter()

@@ -101,6 +101,11 @@ def run_fedsys(rounds: int, clients: int, work: Path, timeout: float) -> dict[st
         f"data.num_partitions={clients}",
         "--set",
         "runtime.progress=false",
+        # training only, like the plain app: no registry, no endpoint
+        "--set",
+        "publish.mode=never",
+        "--set",
+        "serve.enabled=false",
         "--out",
         str(out),
     ]
