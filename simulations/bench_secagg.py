@@ -285,7 +285,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--out", type=Path, default=ROOT / "simulations/results/bench_secagg.json")
     args = parser.parse_args()
-    report: dict[str, Any] = {"note": "measured on a 2-core machine shared with other work"}
+    report: dict[str, Any] = {"note": "measured on a 2-core machine"}
     if args.out.exists():
         report = {**json.loads(args.out.read_text()), **report}
     if "micro" in args.parts:

@@ -519,8 +519,7 @@ def main() -> None:
             "platform": platform.platform(),
             "python": platform.python_version(),
             "torch": torch.__version__,
-            "note": "loopback; load generator and server share the machine's cores, and the "
-            "machine was shared with other work while measuring",
+            "note": "loopback; load generator and server share the machine's two cores",
         }
     }
     t_start = time.perf_counter()
