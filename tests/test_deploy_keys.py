@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from fedsys.cli import app
 from fedsys.crypto import load_allow_list, read_exchange_key, read_signing_key
-from fedsys.crypto.keys import read_signing_public_key
+from fedsys.crypto.keys import load_signing_public_key
 from fedsys.deploy.keys_cli import create_certs, revoke_client
 from fedsys.deploy.layout import KeyLayout, check_client_id
 from fedsys.deploy.pki import certificate_names, node_public_from_openssh
@@ -43,7 +43,7 @@ def test_keys_commands_write_private_keys_0600_and_fill_the_allow_list(tmp_path:
         # never printed: no PEM or OpenSSH private material in the output
         assert "PRIVATE KEY" not in result.output
     read_exchange_key(layout.update_key)
-    assert read_signing_public_key(layout.publish_pub) is not None
+    assert load_signing_public_key(layout.publish_pub) is not None
     allow = load_allow_list(layout.allow_list)
     assert set(allow) == {"a", "b"}
     signing = read_signing_key(layout.client("a").signing_key).public_key()

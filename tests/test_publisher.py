@@ -3,14 +3,9 @@ with retries (against httpx.MockTransport), and one end-to-end simulation."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +15,7 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from safetensors.numpy import load_file
+from simulate_support import run_simulate, set_args
 
 from fedsys.config import ExperimentConfig, build_config
 from fedsys.crypto.keys import (
@@ -334,20 +330,8 @@ def test_simulation_publishes_every_round(tmp_path: Path) -> None:
         "runtime.progress=false",
         "publish.mode=every_round",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedsys.cli", "simulate", "--out", str(out)]
-        + [a for o in overrides for a in ("--set", o)],
-        start_new_session=True,  # its own process group, so Ray's helpers die with it
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, stderr[-2000:]
+    result = run_simulate(["--out", str(out), *set_args(overrides)])
+    assert result.returncode == 0, result.stderr[-2000:]
     reg = Registry(out / "registry")
     trusted = load_signing_public_key(out / "registry" / "publisher.pub")
     assert [m.version for m in reg.versions("tiny", trusted=trusted)] == [1, 2]

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file
+from simulate_support import run_simulate, set_args
 
 from fedsys.server.records import read_rounds
 
@@ -32,21 +28,8 @@ SECAGG = ["secagg.enabled=true", "secagg.neighbours=2", "secagg.quant_bits=20"]
 
 
 def _simulate(out: Path, overrides: list[str]) -> None:
-    args = [arg for item in overrides for arg in ("--set", item)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedsys.cli", "simulate", "--out", str(out), *args],
-        env=dict(os.environ),
-        start_new_session=True,  # its own process group, so Ray's helpers die with it
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, stderr
+    result = run_simulate(["--out", str(out), *set_args(overrides)])
+    assert result.returncode == 0, result.stderr
 
 
 def test_secagg_run_matches_the_plain_run(tmp_path: Path) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+from simulate_support import run_simulate, set_args
 
 from fedsys.server.checkpoint import load_checkpoint
 from fedsys.server.records import read_rounds
@@ -34,27 +33,13 @@ TINY = [
 
 
 def _simulate(args: list[str], env_extra: dict[str, str] | None = None) -> int:
-    env = {**os.environ, **(env_extra or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedsys.cli", "simulate", *args],
-        env=env,
-        start_new_session=True,  # its own process group, so Ray's helpers die with it
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    if proc.returncode not in (0, -signal.SIGKILL):
-        sys.stderr.write(stderr)
-    return proc.returncode
+    result = run_simulate(args, env_extra=env_extra)
+    if result.returncode not in (0, -signal.SIGKILL):
+        sys.stderr.write(result.stderr)
+    return result.returncode
 
 
-def _set(overrides: list[str]) -> list[str]:
-    return [arg for item in overrides for arg in ("--set", item)]
+_set = set_args
 
 
 @pytest.fixture(scope="module")

@@ -167,15 +167,6 @@ def read_exchange_public_key(path: Path) -> X25519PublicKey:
     return exchange_public_from_raw(raw)
 
 
-def read_signing_public_key(path: Path) -> Ed25519PublicKey:
-    """An Ed25519 public key written by :func:`write_public_key` (e.g. the publishing key)."""
-    try:
-        raw = bytes.fromhex(Path(path).read_text().strip())
-    except (OSError, ValueError) as exc:
-        raise KeyFileError(f"cannot read public key {path}: {exc}") from None
-    return signing_public_from_raw(raw)
-
-
 def save_allow_list(path: Path, allow_list: Mapping[str, Ed25519PublicKey]) -> None:
     data = {cid: public_to_raw(key).hex() for cid, key in sorted(allow_list.items())}
     _write_atomic(Path(path), json.dumps(data, indent=2).encode() + b"\n", 0o644, True)

@@ -44,6 +44,7 @@ from fedsys.protocol import (
 )
 from fedsys.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsys.server.collect import Rejection, RoundCollector, RoundResult
+from fedsys.server.exchange import exchange
 from fedsys.server.grid_view import StableOrderGrid
 from fedsys.server.plots import plot_curves
 from fedsys.server.progress import Reporter
@@ -96,7 +97,6 @@ class RunPaths:
         return self.out / "checkpoint"
 
 
-POLL_SECONDS = 0.01  # between pulls while replies are outstanding
 STREAMING_STRATEGIES = frozenset(
     {"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"}
 )
@@ -132,26 +132,6 @@ def _allow_list(hellos: dict[int, NodeHello]) -> dict[str, Ed25519PublicKey]:
         for h in hellos.values()
         if h.signing_key is not None
     }
-
-
-def _exchange(
-    grid: Grid, messages: list[Message], collector: RoundCollector, timeout: float
-) -> list[int]:
-    """Push ``messages`` and hand each reply to ``collector`` as soon as it arrives.
-
-    Returns the nodes that did not answer within ``timeout``.
-    """
-    ids = list(grid.push_messages(messages))
-    waiting = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True)}
-    deadline = time.monotonic() + timeout
-    while waiting and time.monotonic() < deadline:
-        replies = list(grid.pull_messages(list(waiting)))
-        for reply in replies:
-            waiting.pop(reply.metadata.reply_to_message_id, None)
-            collector.offer(reply)
-        if waiting and not replies:
-            time.sleep(POLL_SECONDS)
-    return list(waiting.values())
 
 
 FAULT_ENV = "FEDSYS_FAULT_KILL_AFTER_ROUND"
@@ -334,7 +314,7 @@ class Federation:
                 keep_stragglers=self.cfg.strategy.keeps_stragglers,
                 streaming=self.streaming,
             )
-            silent = _exchange(grid, messages, collector, self.cfg.train.timeout)
+            silent = exchange(grid, messages, collector.offer, self.cfg.train.timeout)
             result = collector.finish(grid.order_key, build_record=not self.mean_is_final)
             for node in silent:
                 result.rejected.append(Rejection(node, "no reply within train.timeout"))

@@ -51,10 +51,10 @@ from fedsys.secagg.messages import (
 )
 from fedsys.secagg.server import SecAggServer
 from fedsys.server.collect import AVERAGED_METRICS, ReceivedUpdate, Rejection, RoundResult
+from fedsys.server.exchange import exchange
 
 log = logging.getLogger("fedsys")
 
-POLL_SECONDS = 0.01
 RECORD = "secagg"
 
 
@@ -73,25 +73,6 @@ class SecAggOutcome:
             "dropped_after_masking": self.dropped_after_masking,
             "secagg_aborted": self.aborted,
         }
-
-
-def _exchange(
-    grid: Grid, messages: list[Message], on_reply: Callable[[Message], None], timeout: float
-) -> list[int]:
-    """Push, then hand each reply to ``on_reply`` as it arrives; returns the silent nodes."""
-    if not messages:
-        return []
-    ids = list(grid.push_messages(messages))
-    waiting = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True)}
-    deadline = time.monotonic() + timeout
-    while waiting and time.monotonic() < deadline:
-        replies = list(grid.pull_messages(list(waiting)))
-        for reply in replies:
-            waiting.pop(reply.metadata.reply_to_message_id, None)
-            on_reply(reply)
-        if waiting and not replies:
-            time.sleep(POLL_SECONDS)
-    return list(waiting.values())
 
 
 class SecAggRound:
@@ -231,7 +212,7 @@ class SecAggRound:
             except (SecAggError, ValidationError, KeyError, TypeError, ValueError) as exc:
                 self._exclude(node, f"malformed {name or 'secagg'} reply: {exc}")
 
-        for node in sorted(_exchange(self.grid, messages, on_reply, timeout)):
+        for node in sorted(exchange(self.grid, messages, on_reply, timeout)):
             self._exclude(
                 node, "no reply within " + ("train.timeout" if name else "secagg.timeout")
             )

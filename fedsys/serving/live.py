@@ -10,16 +10,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from torch import nn
 
-from fedsys.crypto import signing_public_from_raw
-from fedsys.errors import KeyFileError
 from fedsys.serving.batcher import FloatArray
 from fedsys.serving.manifest import ModelManifest
 
@@ -68,31 +63,6 @@ class LiveModels:
 
     def __len__(self) -> int:
         return len(self._models)
-
-
-def read_trusted_key(path: Path) -> Ed25519PublicKey:
-    """The publisher's Ed25519 public key: raw 32 bytes, 64 hex characters, or PEM."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise KeyFileError(f"cannot read publisher key {path}: {exc.strerror}") from None
-    if data.lstrip().startswith(b"-----BEGIN"):
-        try:
-            key = load_pem_public_key(data)
-        except ValueError as exc:
-            raise KeyFileError(f"publisher key {path} is not a valid PEM key: {exc}") from None
-        if not isinstance(key, Ed25519PublicKey):
-            raise KeyFileError(f"publisher key {path} is not an Ed25519 public key")
-        return key
-    if len(data) == 32:
-        return signing_public_from_raw(data)
-    try:
-        raw = bytes.fromhex(data.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
-        raise KeyFileError(
-            f"publisher key {path} is neither raw (32 bytes), hex nor PEM Ed25519"
-        ) from None
-    return signing_public_from_raw(raw)
 
 
 def softmax(logits: FloatArray) -> FloatArray:

@@ -17,10 +17,11 @@ import sys
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedsys.crypto.keys import load_signing_public_key
 from fedsys.errors import FedsysError
 from fedsys.serving.audit import AuditLog
 from fedsys.serving.batcher import Batcher
-from fedsys.serving.live import LiveModels, ServedModel, read_trusted_key
+from fedsys.serving.live import LiveModels, ServedModel
 from fedsys.serving.metrics import ServeMetrics
 from fedsys.serving.registry import Registry
 from fedsys.serving.settings import ServeSettings
@@ -77,7 +78,7 @@ class ServingState:
     def trusted(self) -> Ed25519PublicKey:
         """The publisher key; read on first use (the registry may not have it at start-up)."""
         if self._trusted is None:
-            self._trusted = read_trusted_key(self.settings.publisher_key_path)
+            self._trusted = load_signing_public_key(self.settings.publisher_key_path)
         return self._trusted
 
     def _load(self, name: str, version: int) -> ServedModel:
