@@ -19,12 +19,20 @@ class SimulateResult:
 def run_simulate(
     args: list[str], *, env_extra: dict[str, str] | None = None, timeout: float = 300
 ) -> SimulateResult:
-    """``fedsys simulate ARGS`` in its own process group, killed whole afterwards.
+    """``fedsys simulate ARGS`` (see :func:`run_fedsys`)."""
+    return run_fedsys(["simulate", *args], env_extra=env_extra, timeout=timeout)
 
-    Ray starts helper processes that outlive the driver unless the group goes with it.
+
+def run_fedsys(
+    args: list[str], *, env_extra: dict[str, str] | None = None, timeout: float = 300
+) -> SimulateResult:
+    """``fedsys ARGS`` in its own process group, killed whole afterwards.
+
+    Ray (and a served endpoint's workers) start processes that outlive the command unless
+    the group goes with it.
     """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fedsys.cli", "simulate", *args],
+        [sys.executable, "-m", "fedsys.cli", *args],
         env={**os.environ, **(env_extra or {})},
         start_new_session=True,
         stdout=subprocess.DEVNULL,

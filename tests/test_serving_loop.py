@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 from serving_support import NAME, make_registry, npy, reference_predictions, samples, settings
+from simulate_support import run_simulate, set_args
 
 from fedsys.config import build_config
 from fedsys.errors import ConfigError
@@ -89,29 +90,10 @@ def test_endpoint_with_several_workers_is_a_process_group(tmp_path: Path) -> Non
         httpx.get(f"{url}/healthz", timeout=2)  # the process group is gone
 
 
-def _run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedsys.cli", *args],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _, stderr = proc.communicate(timeout=timeout)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
-
-
 @pytest.fixture(scope="module")
 def served_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("served") / "run"
-    args = ["simulate", "--out", str(out)]
-    for item in TINY_SERVED:
-        args += ["--set", item]
-    result = _run(args)
+    result = run_simulate(["--out", str(out), *set_args(TINY_SERVED)])
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
