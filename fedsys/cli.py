@@ -126,12 +126,12 @@ def serve(
     """Serve a model registry over HTTP (publish token: env FEDSYS_PUBLISH_TOKEN)."""
     from pydantic import ValidationError
 
-    from fedsys.serving.runner import serve_forever
+    from fedsys.serving.runner import free_port, serve_forever
     from fedsys.serving.settings import ServeSettings
 
     _setup_logging("INFO")
     if port == 0:  # pick the port here, so the line below (and the user) can name it
-        port = _free_port(host)
+        port = free_port(host)
     try:
         settings = ServeSettings(
             registry=registry,
@@ -154,15 +154,6 @@ def serve(
         raise typer.Exit(2) from None
     err.print(f"serving {registry} on http://{host}:{port} with {workers} worker(s)")
     serve_forever(settings)
-
-
-def _free_port(host: str) -> int:
-    """A port that is free on ``host`` now (another process could take it before uvicorn)."""
-    import socket
-
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 # Deployment: keys and certificates, the aggregation server, the client daemon.

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ import numpy as np
 from fedsys.config import ExperimentConfig
 from fedsys.errors import FedsysError
 from fedsys.server.records import RunSummary, write_json
-from fedsys.serving.runner import BackgroundServer
+from fedsys.serving.runner import BackgroundServer, free_port
 from fedsys.serving.settings import ServeSettings
 
 log = logging.getLogger("fedsys")
@@ -56,17 +55,10 @@ def _settings(cfg: ExperimentConfig, out_dir: Path, port: int) -> ServeSettings:
     )
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def _worker_processes(settings: ServeSettings) -> Iterator[str]:
     """``fedsys serve`` with several workers in its own process group, ended on exit."""
-    port = settings.port or _free_port(settings.host)
+    port = settings.port or free_port(settings.host)
     cmd = [sys.executable, "-m", "fedsys.cli", "serve", "--registry", str(settings.registry)]
     cmd += ["--host", settings.host, "--port", str(port), "--workers", str(settings.workers)]
     cmd += ["--max-batch-size", str(settings.max_batch_size)]

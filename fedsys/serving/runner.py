@@ -23,6 +23,14 @@ ACCESS_LOG = False  # a log line per request costs more than a small model's inf
 GRACEFUL_SHUTDOWN_S = 10
 
 
+def free_port(host: str) -> int:
+    """A port free on ``host`` now (another process could take it before uvicorn binds)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def serve_forever(settings: ServeSettings) -> None:
     """Block serving ``settings`` until interrupted; several workers share the port."""
     if settings.workers == 1:
