@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import io
 import json
 import os
@@ -192,7 +193,15 @@ def version_parts(registry: Registry, name: str, version: int) -> dict[str, byte
 # --- load generators ---------------------------------------------------------------------------
 
 
+def quiet_collector() -> None:
+    """Keep the load generator's own full collections (over torch's objects) out of the
+    latencies it measures; the server does the same at start-up (``freeze_gc``)."""
+    gc.collect()
+    gc.freeze()
+
+
 async def sequential(port: int, request: bytes, n: int, warmup: int = 200) -> list[float]:
+    quiet_collector()
     conn = await Conn.open(port)
     lat: list[float] = []
     try:
@@ -213,6 +222,7 @@ async def closed_loop(
     port: int, request: bytes, concurrency: int, seconds: float, warmup: float = 0.5
 ) -> dict[str, Any]:
     """``concurrency`` clients, each sending its next request when the last one returns."""
+    quiet_collector()
     lat: list[float] = []
     errors = 0
     conns = [await Conn.open(port) for _ in range(concurrency)]

@@ -93,7 +93,12 @@ def npy(x: np.ndarray) -> bytes:
 
 
 def settings(root: Path, **kw: Any) -> ServeSettings:
-    base: dict[str, Any] = {"registry": root, "torch_threads": None, "poll_interval_s": 0.05}
+    base: dict[str, Any] = {
+        "registry": root,
+        "torch_threads": None,
+        "poll_interval_s": 0.05,
+        "freeze_gc": False,  # process-wide: the test process keeps its own collector
+    }
     base.update(kw)
     return ServeSettings(**base)
 

@@ -3,6 +3,7 @@ readiness, API keys, metrics and the audit log."""
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import time
@@ -364,6 +365,22 @@ def test_readyz_waits_for_a_model(tmp_path: Path) -> None:
         publish(Registry(root), key, seed=1)
         _wait_for(lambda: c.get("/readyz").status_code == 200, "readiness")
         assert c.get("/readyz").json()["models"] == [NAME]
+
+
+def test_startup_moves_loaded_objects_out_of_the_collectors_reach(
+    root: Path, key: Ed25519PrivateKey
+) -> None:
+    gc.unfreeze()
+    try:
+        with TestClient(create_app(settings(root))) as c:
+            assert gc.get_freeze_count() == 0  # the helper's settings leave gc alone
+            assert c.get("/readyz").status_code == 200
+        with TestClient(create_app(settings(root, freeze_gc=True))) as c:
+            assert c.get("/readyz").status_code == 200
+            # torch, the app and the loaded model are all in the permanent generation
+            assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
 
 
 def test_api_keys_guard_predict(

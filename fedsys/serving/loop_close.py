@@ -52,6 +52,7 @@ def _settings(cfg: ExperimentConfig, out_dir: Path, port: int) -> ServeSettings:
         # one thread in the simulation's process: leave the process-wide settings alone
         torch_threads=None,
         switch_interval_s=None,
+        freeze_gc=False,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -63,6 +64,11 @@ class ServingState:
             sys.setswitchinterval(self.settings.switch_interval_s)
         self.batcher.start()
         await self.sync_all()
+        if self.settings.freeze_gc:
+            # Objects alive now live as long as the worker; a full collection need not walk
+            # them again (they are still freed by reference counting).
+            gc.collect()
+            gc.freeze()
         self._poller = asyncio.create_task(self._poll_forever(), name="fedsys-registry-poll")
 
     async def stop(self) -> None:
