@@ -309,6 +309,12 @@ class RuntimeConfig(Section):
     client_cpus: float = Field(default=1.0, gt=0, description="Ray CPUs per virtual client.")
     client_gpus: float = Field(default=0.0, ge=0, description="Ray GPUs per virtual client.")
     torch_threads: int = Field(default=1, ge=1, description="Torch threads per client process.")
+    reuse_freed_memory: bool = Field(
+        default=True,
+        description="Processes that train or aggregate keep freed model-sized blocks for "
+        "reuse instead of page-faulting them back in every round (glibc only; see "
+        "fedsys.memory).",
+    )
     node_state_dir: Path | None = Field(
         default=None,
         description="Where nodes keep large state (error-feedback residuals); default "

@@ -24,6 +24,7 @@ from fedsys.config import ExperimentConfig
 from fedsys.crypto import RoundBinding
 from fedsys.crypto.keys import public_to_raw, signing_key_from_pem
 from fedsys.data import client_partition, load_dataset
+from fedsys.memory import keep_freed_memory
 from fedsys.models import build_model
 from fedsys.protocol import (
     AGGREGATOR_KEY,
@@ -61,6 +62,8 @@ def _model(config_json: str, seed: int) -> nn.Module:
     """One model object per architecture and process; weights are overwritten every message."""
     cfg = _parse_config(config_json)
     torch.set_num_threads(cfg.runtime.torch_threads)
+    if cfg.runtime.reuse_freed_memory:
+        keep_freed_memory()
     _, _, info = load_dataset(cfg.data, seed)
     return build_model(cfg.model, info)
 

@@ -12,6 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedsys.client.node_state import drop_run, state_root
 from fedsys.config import ExperimentConfig, load_config
 from fedsys.crypto import AggregatorKeys, load_allow_list, read_exchange_key
+from fedsys.memory import keep_freed_memory
 from fedsys.server.loop import run_federation
 from fedsys.server.progress import LogReporter, Reporter, RichReporter
 
@@ -63,6 +64,8 @@ def make_server_app(launch: Launch | None = None) -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         chosen = launch or launch_from_run_config(dict(context.run_config))
+        if chosen.cfg.runtime.reuse_freed_memory:
+            keep_freed_memory()
         try:
             run_federation(
                 grid,
