@@ -6,14 +6,35 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedsys.config import ExperimentConfig
+
+if TYPE_CHECKING:
+    from fedsys.data import DatasetInfo
 
 
 def _quiet_flower(level: str) -> None:
     """Flower logs every message round at INFO; keep the user's terminal for fedsys's table."""
     flwr_level = logging.DEBUG if level == "DEBUG" else logging.ERROR
     logging.getLogger("flwr").setLevel(flwr_level)
+
+
+def _with_node_state_dir(cfg: ExperimentConfig, info: DatasetInfo) -> ExperimentConfig:
+    """Decide once, for every virtual node, where error-feedback residuals go (see
+    ``fedsys.client.node_state.simulation_state_dir``); the choice travels in the config."""
+    from fedsys.client.node_state import simulation_state_dir
+    from fedsys.client.outbound import uses_error_feedback
+    from fedsys.models import build_model, count_parameters
+
+    if cfg.runtime.node_state_dir is not None or not uses_error_feedback(cfg.codec):
+        return cfg
+    residual_bytes = 4 * count_parameters(build_model(cfg.model, info)) * cfg.data.num_partitions
+    chosen = simulation_state_dir(None, residual_bytes)
+    if chosen is None:
+        return cfg
+    runtime = cfg.runtime.model_copy(update={"node_state_dir": chosen})
+    return cfg.model_copy(update={"runtime": runtime})
 
 
 def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> None:
@@ -29,7 +50,8 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
     from fedsys.server.app import Launch, make_server_app
 
     # Fail on missing or unreadable data here, before Ray and the virtual nodes start.
-    load_dataset(cfg.data, cfg.runtime.seed)
+    _, _, info = load_dataset(cfg.data, cfg.runtime.seed)
+    cfg = _with_node_state_dir(cfg, info)
     _quiet_flower(cfg.runtime.log_level)
     backend_config = {
         "client_resources": {

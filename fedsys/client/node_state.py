@@ -4,6 +4,10 @@ Flower ships a node's ``context.state`` to the ClientApp and back with every mes
 Ray in simulation, to a fresh ``flwr-clientapp`` process when deployed). The error-feedback
 residual is as large as the model, so it lives in a file on the node instead:
 ``<dir>/<run id>/<client id>.residual`` (safetensors), written atomically.
+
+A simulation's residuals live only as long as the run, so they go to shared memory when all
+of them fit (:func:`simulation_state_dir`): a 40 MB residual is read and rewritten by every
+client every round, and on a disk-backed directory that write also becomes disk traffic.
 """
 
 from __future__ import annotations
@@ -23,6 +27,29 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 def state_root(configured: Path | None) -> Path:
     """``runtime.node_state_dir``, else ``<fedsys cache>/node-state``."""
     return configured if configured is not None else resolve_cache_dir(None) / "node-state"
+
+
+SHARED_MEMORY = Path("/dev/shm")
+SHARED_MEMORY_SHARE = 0.25  # of its free space, at most, for one run's residuals
+
+
+def simulation_state_dir(
+    configured: Path | None, residual_bytes: int, shm: Path = SHARED_MEMORY
+) -> Path | None:
+    """The node-state directory for a simulation whose residuals total ``residual_bytes``.
+
+    ``runtime.node_state_dir`` when set; else a directory in shared memory when the residuals
+    take at most a quarter of its free space; else None (the fedsys cache, as deployed).
+    """
+    if configured is not None or residual_bytes <= 0:
+        return configured
+    try:
+        usage = shutil.disk_usage(shm)
+    except OSError:
+        return None
+    if residual_bytes > usage.free * SHARED_MEMORY_SHARE:
+        return None
+    return shm / "fedsys-node-state"
 
 
 def _path(root: Path, run_id: int, client_id: str) -> Path:
