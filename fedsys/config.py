@@ -98,6 +98,11 @@ class TrainConfig(Section):
         default=None, ge=1, description="Cap on local optimizer steps per round."
     )
     eval_batch_size: int = Field(default=1024, ge=1)
+    eval_overlap: bool = Field(
+        default=True,
+        description="Evaluate round r's model while round r+1's clients train (its metrics "
+        "line and checkpoint follow at once); false: before round r+1 starts.",
+    )
     timeout: float = Field(default=600.0, gt=0, description="Seconds to wait for replies.")
 
 

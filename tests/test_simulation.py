@@ -91,6 +91,20 @@ def test_killed_run_resumes_to_the_same_model(full_run: Path, tmp_path: Path) ->
         np.testing.assert_allclose(resumed[key], value, rtol=0, atol=1e-6, err_msg=key)
 
 
+def test_evaluating_while_the_next_round_trains_changes_no_result(
+    full_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "serial"
+    assert _simulate(["--out", str(out), *_set([*TINY, "train.eval_overlap=false"])]) == 0
+    overlapped, serial = read_rounds(full_run / "metrics.jsonl"), read_rounds(out / "metrics.jsonl")
+    assert [r.round for r in serial] == [1, 2, 3, 4]
+    for a, b in zip(overlapped, serial, strict=True):
+        assert (a.central_accuracy, a.central_loss) == (b.central_accuracy, b.central_loss)
+        assert (a.bytes_up, a.clients) == (b.bytes_up, b.clients)
+    for key, value in load_file(full_run / "model.safetensors").items():
+        np.testing.assert_array_equal(load_file(out / "model.safetensors")[key], value, key)
+
+
 def test_resume_refuses_a_directory_without_a_run(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "fedsys.cli", "simulate", "--resume", str(tmp_path)],

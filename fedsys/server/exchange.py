@@ -17,12 +17,23 @@ POLL_SECONDS = 0.01  # between pulls while replies are outstanding
 
 
 def exchange(
-    grid: Grid, messages: list[Message], on_reply: Callable[[Message], None], timeout: float
+    grid: Grid,
+    messages: list[Message],
+    on_reply: Callable[[Message], None],
+    timeout: float,
+    *,
+    after_push: Callable[[], None] | None = None,
 ) -> list[int]:
-    """Push ``messages``, hand each reply to ``on_reply`` as it arrives; return silent nodes."""
+    """Push ``messages``, hand each reply to ``on_reply`` as it arrives; return silent nodes.
+
+    ``after_push`` runs once the messages are out, before the first pull: server work that
+    can overlap the clients' (the previous round's evaluation). The timeout counts from after it.
+    """
     if not messages:
         return []
     ids = list(grid.push_messages(messages))
+    if after_push is not None:
+        after_push()
     waiting = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True)}
     deadline = time.monotonic() + timeout
     while waiting and time.monotonic() < deadline:

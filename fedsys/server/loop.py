@@ -137,6 +137,20 @@ def _allow_list(hellos: dict[int, NodeHello]) -> dict[str, Ed25519PublicKey]:
 FAULT_ENV = "FEDSYS_FAULT_KILL_AFTER_ROUND"
 
 
+@dataclass(frozen=True)
+class Aggregated:
+    """A round whose new model is ready but not yet evaluated, recorded or checkpointed."""
+
+    round: int
+    started: float  # perf_counter at the round's start
+    model: dict[str, np.ndarray]
+    result: RoundResult
+    sampled: int
+    bytes_down_each: int
+    secagg: SecAggOutcome | None
+    checkpoint: Checkpoint
+
+
 def _fault_injection(rnd: int) -> None:
     """Die like ``kill -9`` after round ``FEDSYS_FAULT_KILL_AFTER_ROUND`` (crash-resume tests)."""
     target = os.environ.get(FAULT_ENV)
@@ -202,6 +216,9 @@ class Federation:
         # model's write and fsync overlap the next round instead of delaying it.
         self._checkpoint_writer = ThreadPoolExecutor(1, thread_name_prefix="fedsys-checkpoint")
         self._checkpoint_pending: Future[Path] | None = None
+        # A round aggregated but not yet evaluated (train.eval_overlap), and round timing.
+        self._pending: Aggregated | None = None
+        self._run_start = self._round_started = time.perf_counter()
         # Filled by the start-up hello in run(): node -> client id, and the aggregator's keys.
         self.client_ids: dict[int, str] = {}
         self.keys: AggregatorKeys | None = None
@@ -240,7 +257,7 @@ class Federation:
         log.warning("resuming after round %d from %s", ckpt.round, self.paths.checkpoints)
 
     def run(self) -> RunSummary:
-        start = time.perf_counter()
+        start = self._run_start = time.perf_counter()
         self.paths.out.mkdir(parents=True, exist_ok=True)
         dump_config(self.cfg, self.paths.config)
         if self.resumed_from is None and self.round == 0:
@@ -260,20 +277,21 @@ class Federation:
         try:
             while self.round < self.cfg.train.rounds:
                 self.round += 1
-                record = self._one_round(grid, self.round)
-                self._publish(record)
-                append_round(self.paths.metrics, record)
-                self._checkpoint(self.elapsed_before + time.perf_counter() - start)
-                self.reporter.update(record)
-                if os.environ.get(FAULT_ENV):
-                    self._wait_for_checkpoint()
-                    _fault_injection(self.round)
+                aggregated = self._one_round(grid, self.round)
+                if self.cfg.train.eval_overlap and self.round < self.cfg.train.rounds:
+                    self._pending = aggregated  # completed while the next round's clients work
+                else:
+                    self._complete(aggregated, next_start=None)
         finally:
-            self.reporter.stop()
-            self._wait_for_checkpoint()
-            self._checkpoint_writer.shutdown()
-            if self.publisher is not None:
-                self.publisher.close()  # flushes queued versions and uploads
+            try:
+                # A round that failed after the previous one aggregated: keep that one.
+                self._complete_pending()
+            finally:
+                self.reporter.stop()
+                self._wait_for_checkpoint()
+                self._checkpoint_writer.shutdown()
+                if self.publisher is not None:
+                    self.publisher.close()  # flushes queued versions and uploads
         return self._finish(self.elapsed_before + time.perf_counter() - start)
 
     def _sample_seed(self) -> None:
@@ -281,8 +299,13 @@ class Federation:
         # server RNG each round makes client selection reproducible and resumable.
         random.seed(int(self.rng.integers(2**63)))
 
-    def _one_round(self, grid: StableOrderGrid, rnd: int) -> RoundRecord:
-        t0 = time.perf_counter()
+    def _one_round(self, grid: StableOrderGrid, rnd: int) -> Aggregated:
+        """Sample, train, collect and aggregate round ``rnd``; evaluation comes later.
+
+        While this round's clients work, the previous round (if pending) is evaluated,
+        recorded and checkpointed (``train.eval_overlap``).
+        """
+        t0 = self._round_started = time.perf_counter()
         self._sample_seed()
         arrays = self._strategy_arrays()
         train_config = ConfigRecord(
@@ -295,6 +318,7 @@ class Federation:
         run_id = self.grid.run.run_id
         secagg: SecAggOutcome | None = None
         if self.cfg.secagg.enabled:
+            self._complete_pending()  # its stages exchange several times: nothing to overlap
             secagg = SecAggRound(
                 grid,
                 self.cfg,
@@ -314,14 +338,45 @@ class Federation:
                 keep_stragglers=self.cfg.strategy.keeps_stragglers,
                 streaming=self.streaming,
             )
-            silent = exchange(grid, messages, collector.offer, self.cfg.train.timeout)
+            silent = exchange(
+                grid,
+                messages,
+                collector.offer,
+                self.cfg.train.timeout,
+                after_push=self._complete_pending,
+            )
             result = collector.finish(grid.order_key, build_record=not self.mean_is_final)
             for node in silent:
                 result.rejected.append(Rejection(node, "no reply within train.timeout"))
+        self._complete_pending()  # when no message went out
         for rej in result.rejected:
             log.warning("round %d: update from node %d rejected: %s", rnd, rej.node_id, rej.reason)
         self._aggregate(rnd, result)
-        self.model.load_state_dict(_state_dict(self.global_arrays))
+        elapsed = self.elapsed_before + time.perf_counter() - self._run_start
+        return Aggregated(
+            round=rnd,
+            started=t0,
+            model=self.global_arrays,
+            result=result,
+            sampled=len(messages),
+            bytes_down_each=bytes_down_each,
+            secagg=secagg,
+            checkpoint=self._snapshot(elapsed),
+        )
+
+    def _complete_pending(self) -> None:
+        """Evaluate, record and checkpoint the round left pending, if any (once)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._complete(pending, next_start=self._round_started)
+
+    def _complete(self, agg: Aggregated, *, next_start: float | None) -> None:
+        """Central evaluation of ``agg``'s model, its metrics line, publish and checkpoint.
+
+        The round's ``seconds`` run from its start to the next round's start (``next_start``),
+        or, when nothing overlaps it, to the end of its evaluation.
+        """
+        self.model.load_state_dict(_state_dict(agg.model))
         res = evaluate(
             self.model,
             self.test_x,
@@ -329,21 +384,24 @@ class Federation:
             batch_size=self.cfg.train.eval_batch_size,
             device=self.device,
         )
+        if next_start is None:
+            next_start = time.perf_counter()
+        result, secagg = agg.result, agg.secagg
         sizes = [r.nbytes for r in result.received]
-        return RoundRecord(
-            round=rnd,
+        record = RoundRecord(
+            round=agg.round,
             central_accuracy=res.accuracy,
             central_loss=res.loss,
             train_loss=result.metrics.get("train_loss"),
             clients=result.accepted,
-            sampled=len(messages),
+            sampled=agg.sampled,
             rejected=[RejectedUpdate(node=r.node_id, reason=r.reason) for r in result.rejected],
             stragglers_dropped=result.stragglers_dropped,
             bytes_up=sum(sizes),
             client_bytes_up=sizes,
             compression_ratio=(sum(sizes) / len(sizes) / self.fp32_bytes) if sizes else None,
-            bytes_down=bytes_down_each * len(messages),
-            seconds=time.perf_counter() - t0,
+            bytes_down=agg.bytes_down_each * agg.sampled,
+            seconds=next_start - agg.started,
             client_train_seconds=result.metrics.get("train_seconds"),
             encode_seconds=result.metrics.get("encode_seconds"),
             decode_seconds=result.decode_seconds,
@@ -351,6 +409,13 @@ class Federation:
             dropped_after_masking=secagg.dropped_after_masking if secagg else None,
             secagg_aborted=secagg.aborted if secagg else None,
         )
+        self._publish(record, agg.model)
+        append_round(self.paths.metrics, record)
+        self._write_checkpoint(agg.checkpoint)
+        self.reporter.update(record)
+        if os.environ.get(FAULT_ENV):
+            self._wait_for_checkpoint()
+            _fault_injection(agg.round)
 
     def _strategy_arrays(self) -> ArrayRecord:
         """The global model as the strategy's ``configure_train`` gets it.
@@ -409,14 +474,14 @@ class Federation:
                 for k, v in agg_arrays.items()
             }
 
-    def _checkpoint(self, wall_seconds: float) -> None:
-        """Snapshot this round's state and hand it to the writer thread.
+    def _snapshot(self, wall_seconds: float) -> Checkpoint:
+        """This round's state, to be written once the round is recorded.
 
         The snapshot holds references, not copies: the round loop replaces the global arrays
         and Flower's strategies replace their state arrays each round, never mutate them.
         """
         strategy_arrays, strategy_state = export_state(self.strategy)
-        ckpt = Checkpoint(
+        return Checkpoint(
             round=self.round,
             model=self.global_arrays,
             strategy_arrays=strategy_arrays,
@@ -424,6 +489,9 @@ class Federation:
             rng_state=dict(self.rng.bit_generator.state),
             extra={"wall_seconds": wall_seconds},
         )
+
+    def _write_checkpoint(self, ckpt: Checkpoint) -> None:
+        """Hand ``ckpt`` to the writer thread (at most one write in flight)."""
         self._wait_for_checkpoint()
         self._checkpoint_pending = self._checkpoint_writer.submit(
             save_checkpoint, self.paths.checkpoints, ckpt
@@ -435,12 +503,12 @@ class Federation:
             pending, self._checkpoint_pending = self._checkpoint_pending, None
             pending.result()
 
-    def _publish(self, record: RoundRecord) -> None:
+    def _publish(self, record: RoundRecord, model: dict[str, np.ndarray]) -> None:
         """Queue the round's model for the registry per ``publish.mode``; never raises."""
         if self.publisher is not None:
             record.published_version = self.publisher.after_round(
                 record.round,
-                self.global_arrays,
+                model,
                 {"accuracy": record.central_accuracy, "loss": record.central_loss},
                 record.clients,
                 str(self.grid.run.run_id),
