@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -183,3 +184,30 @@ def test_validate_update_end_to_end() -> None:
             expect=binding,
         )
     assert issubclass(UpdateRejected, CodecError)
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_consume_into_weights_is_base_plus_the_mean(
+    monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    monkeypatch.setattr("fedsys.codec.streaming.CHUNK_ELEMENTS", chunk)  # chunk boundaries
+    total = StreamingSum(GLOBAL)
+    weights = [3.0, 1.0, 2.0]
+    updates = [delta(i) for i in range(len(weights))]
+    for update, w in zip(updates, weights, strict=True):
+        payload = encode_update(update, []).payload
+        total.add(check_payload(payload, TEMPLATE, OPEN).wire, w)
+    base = {n: np.full(t.shape, 0.5, dtype=np.float32) for n, t in GLOBAL.items()}
+    base["bn.num_batches_tracked"] = np.array(100, dtype=np.int64)
+    base["big"].setflags(write=False)  # e.g. loaded from a checkpoint: read, never written
+    new = total.consume_into_weights(base)
+    for name, spec in GLOBAL.items():
+        mean = sum(w * u[name].double() for u, w in zip(updates, weights, strict=True)) / 6.0
+        if not spec.is_floating_point():
+            mean = torch.round(mean)
+        expected = (torch.tensor(np.asarray(base[name])).double() + mean).numpy()
+        assert new[name].dtype == base[name].dtype and new[name].shape == base[name].shape
+        np.testing.assert_allclose(new[name], expected.astype(base[name].dtype), rtol=1e-6)
+    assert float(base["big"][0]) == 0.5  # the base is left as it was
+    with pytest.raises(ValueError, match="no weight"):
+        total.consume_into_weights(base)  # the sums are gone

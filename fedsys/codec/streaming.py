@@ -55,11 +55,13 @@ class StreamingSum:
         return {name: buf.view(self.template[name].shape) for name, buf in self._buffers.items()}
 
     def consume_into_weights(self, base: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``base + sum / total weight`` in ``base``'s dtypes, reusing the sum's buffers.
+        """``base + sum / total weight`` in ``base``'s dtypes, written over the sum's buffers.
 
-        The float64 buffers are divided and offset in place (the sum is gone afterwards), so
-        the only new model-sized allocation is the result; the offset is added in float64
-        and rounded once. Integer tensors get the rounded mean added.
+        Chunk by chunk, each float64 sum is divided, offset by ``base`` (added in float64 and
+        rounded once) and narrowed to the model's dtype into the front of its own storage, so
+        the result needs no new model-sized allocation: the aggregation's peak stays at the
+        sums plus one chunk. The price: each result array keeps its float64 buffer's storage
+        (twice its own size) alive until it is dropped. Integer tensors get the rounded mean.
         """
         if self.total_weight == 0:
             raise ValueError("no weight has been added")
@@ -69,11 +71,18 @@ class StreamingSum:
             flat = np.asarray(base[name]).reshape(-1)
             # only read; a read-only base (e.g. loaded from a checkpoint) is copied instead
             start = torch.from_numpy(flat) if flat.flags.writeable else torch.tensor(flat)
-            buf.div_(self.total_weight)
-            if not spec.is_float:
-                buf.round_()
-            buf.add_(start)
-            out[name] = buf.to(TORCH_DTYPES[spec.dtype]).numpy().reshape(spec.shape)
+            result = _narrow_in_place(buf, TORCH_DTYPES[spec.dtype])
+            for a in range(0, buf.numel(), CHUNK_ELEMENTS):
+                part = buf[a : a + CHUNK_ELEMENTS]
+                part.div_(self.total_weight)
+                if not spec.is_float:
+                    part.round_()
+                part.add_(start[a : a + CHUNK_ELEMENTS])
+                # materialized before the write: the bytes written belong to float64 values
+                # of this chunk or earlier ones, all read by now
+                narrowed = part.to(result.dtype)
+                result[a : a + CHUNK_ELEMENTS].copy_(narrowed)
+            out[name] = result.numpy().reshape(spec.shape)
         self.count, self.total_weight = 0, 0.0
         self._buffers = {}
         return out
@@ -90,3 +99,11 @@ class StreamingSum:
                 avg = torch.round(avg)
             out[name] = avg.to(TORCH_DTYPES[spec.dtype])
         return out
+
+
+def _narrow_in_place(buf: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A ``dtype`` view of the first ``numel`` elements' worth of ``buf``'s bytes."""
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    if itemsize > buf.element_size():
+        raise ValueError(f"cannot narrow {buf.dtype} into the wider {dtype}")
+    return buf.view(torch.uint8)[: buf.numel() * itemsize].view(dtype)

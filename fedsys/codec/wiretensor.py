@@ -9,6 +9,7 @@ operation into zeros, so there is one decode path to trust.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -136,8 +137,8 @@ class WireTensor:
             if int4:
                 part = torch.from_numpy(codes[start // 2 : (start + n + 1) // 2].copy())
                 coded = unpack_int4(part, n)
-            else:
-                coded = torch.from_numpy(codes[start : start + n].copy())
+            else:  # read in place: the payload is only ever read
+                coded = _read_only_tensor(codes[start : start + n])
             wide = scratch[:n]
             wide.copy_(coded)
             full, b0 = n // bs * bs, start // bs
@@ -192,3 +193,10 @@ class WireTensor:
             for start, chunk in self.float_chunks():
                 out[start : start + chunk.numel()].copy_(chunk)
         return out.to(TORCH_DTYPES[self.entry.dtype]).reshape(self.shape)
+
+
+def _read_only_tensor(values: np.ndarray) -> torch.Tensor:
+    """A tensor over a read-only array without copying it; callers must only read it."""
+    with warnings.catch_warnings():  # torch warns that writing to it would be undefined
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(values)
