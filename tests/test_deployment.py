@@ -46,6 +46,22 @@ def events(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+MARKER = "FEDSYS_TEST_DAEMON"
+
+
+def marked(value: str) -> list[int]:
+    """Pids of live processes whose environment has ``MARKER=value``."""
+    needle = f"{MARKER}={value}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+    return pids
+
+
 class Procs:
     """Processes started by the test; all of them and their children are stopped at the end."""
 
@@ -57,6 +73,9 @@ class Procs:
         self, name: str, argv: list[str], env: dict[str, str]
     ) -> tuple[subprocess.Popen[bytes], Path]:
         out = self.root / f"{name}.out"
+        # Every process this daemon starts inherits the marker, including ones Flower starts
+        # detached from it (the SuperLink's executor and its flwr-serverapp).
+        env = {**env, MARKER: str(out)}
         with out.open("wb") as fh, (self.root / f"{name}.err").open("wb") as err:
             proc = subprocess.Popen(
                 argv, env=env, stdout=fh, stderr=err, start_new_session=True, cwd=self.root
@@ -65,13 +84,17 @@ class Procs:
         return proc, out
 
     def kill_tree(self, proc: subprocess.Popen[bytes], out: Path) -> None:
-        """SIGKILL a daemon and its children's process groups (pids from its events)."""
+        """SIGKILL a daemon and every process it started, as if its machine died: its
+        children's process groups (pids from its events) and any process carrying its marker."""
         groups = [proc.pid] + [
             int(e["pid"]) for e in events(out) if e.get("event") == "child_started"
         ]
         for pgid in groups:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
+        for pid in marked(str(out)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait(10)
 
     def stop_all(self) -> None:
