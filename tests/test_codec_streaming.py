@@ -211,3 +211,23 @@ def test_consume_into_weights_is_base_plus_the_mean(
     assert float(base["big"][0]) == 0.5  # the base is left as it was
     with pytest.raises(ValueError, match="no weight"):
         total.consume_into_weights(base)  # the sums are gone
+
+
+def test_int8_updates_are_added_in_pairs_and_an_odd_one_at_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("fedsys.codec.wiretensor.CHUNK_ELEMENTS", 128)  # several chunks
+    pipeline: list[Stage] = [Quantize(bits=8, block_size=64)]
+    total = StreamingSum(GLOBAL)
+    expected = {n: torch.zeros(t.shape, dtype=torch.float64) for n, t in GLOBAL.items()}
+    weights = [2.0, 5.0, 1.0]
+    for i, w in enumerate(weights):
+        payload = encode_update(delta(i), pipeline).payload
+        total.add(check_payload(payload, TEMPLATE, OPEN).wire, w)
+        for name, t in decode_update(payload).items():
+            expected[name] += w * t.double()
+        if i == 0:  # held for a partner: nothing added yet, but counted
+            assert total.count == 1 and total.total_weight == 2.0
+            assert not any(buf.abs().sum() for buf in total._buffers.values())
+    for name, got in total.sum().items():  # sum() adds the odd one out first
+        assert torch.allclose(got.double(), expected[name], rtol=1e-6, atol=1e-6), name

@@ -96,9 +96,7 @@ def pack_update(stages: Sequence[Stage], tensors: dict[str, CodedTensor]) -> byt
     manifest = zlib.compress(
         Manifest(stages=list(stages), tensors=entries).model_dump_json().encode(), 9
     )
-    header = HEADER.pack(
-        MAGIC, VERSION, FLAG_DEFLATED_MANIFEST, len(manifest), crc32(manifest)
-    )
+    header = HEADER.pack(MAGIC, VERSION, FLAG_DEFLATED_MANIFEST, len(manifest), crc32(manifest))
     return b"".join([header, manifest, *parts])
 
 
