@@ -92,7 +92,7 @@ def test_error_feedback_residual_lives_in_a_node_file(tmp_path: Path) -> None:
     context = _context(1)
     train(Message(content=content, dst_node_id=5, message_type="train"), context)
     files = list(tmp_path.rglob("*.residual"))
-    assert [f.name for f in files] == ["sim-1.residual"]
+    assert [f.name for f in files] == ["sim-1.a.residual"]
     residual = load_residual(tmp_path, context.run_id, "sim-1")
     assert residual.arrays and residual.norm() > 0  # int4 rounding left something behind
     assert "fedsys.client" not in context.state.config_records or all(

@@ -7,9 +7,17 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
-from fedsys.client.node_state import SHARED_MEMORY_SHARE, simulation_state_dir
+from fedsys.client.node_state import (
+    SHARED_MEMORY_SHARE,
+    load_residual,
+    save_residual,
+    simulation_state_dir,
+)
+from fedsys.codec import Residual
 from fedsys.config import build_config
 from fedsys.data import load_dataset
 from fedsys.memory import keep_freed_memory
@@ -49,3 +57,52 @@ def test_simulation_chooses_once_and_only_with_error_feedback(tmp_path: Path) ->
 def test_keep_freed_memory_takes_effect_on_glibc() -> None:
     assert keep_freed_memory() is True
     assert keep_freed_memory() is True  # idempotent
+
+
+def _residual(seed: int, shape: tuple[int, ...] = (3, 5)) -> Residual:
+    rng = np.random.default_rng(seed)
+    return Residual(
+        {
+            "w": rng.standard_normal(shape).astype(np.float32),
+            "b": rng.standard_normal(shape[:1]).astype(np.float32),
+        }
+    )
+
+
+def test_residual_slots_alternate_and_the_latest_is_read(tmp_path: Path) -> None:
+    assert load_residual(tmp_path, 7, "node/1").arrays == {}  # nothing yet: zeros
+    for seed in range(4):
+        save_residual(tmp_path, 7, "node/1", _residual(seed))
+        got = load_residual(tmp_path, 7, "node/1")
+        for name, arr in _residual(seed).arrays.items():
+            np.testing.assert_array_equal(got.arrays[name], arr)
+    names = sorted(p.name for p in (tmp_path / "7").iterdir())
+    assert names == ["node_1.a.residual", "node_1.b.residual", "node_1.slot"]
+    # the file holds plain safetensors: the library reads what was written in place
+    current = (tmp_path / "7" / "node_1.slot").read_text()
+    stored = load_file(tmp_path / "7" / f"node_1.{current}.residual")
+    np.testing.assert_array_equal(stored["w"], _residual(3).arrays["w"])
+
+
+def test_a_reader_never_sees_a_half_written_residual(tmp_path: Path) -> None:
+    save_residual(tmp_path, 1, "c", _residual(0))
+    save_residual(tmp_path, 1, "c", _residual(1))
+    held = load_residual(tmp_path, 1, "c")  # maps the current slot
+    save_residual(tmp_path, 1, "c", _residual(2))  # writes the other slot
+    np.testing.assert_array_equal(held.arrays["w"], _residual(1).arrays["w"])
+    with pytest.raises(ValueError, match="read-only"):
+        held.arrays["w"][0, 0] = 99.0  # a mapping of the file: nobody writes through it
+    latest = load_residual(tmp_path, 1, "c").arrays["w"]
+    np.testing.assert_array_equal(latest, _residual(2).arrays["w"])
+
+
+def test_a_changed_layout_or_a_damaged_slot_is_handled(tmp_path: Path) -> None:
+    save_residual(tmp_path, 1, "c", _residual(0))
+    save_residual(tmp_path, 1, "c", _residual(1))
+    save_residual(tmp_path, 1, "c", _residual(2, shape=(4, 6)))  # new shapes: fresh file
+    assert load_residual(tmp_path, 1, "c").arrays["w"].shape == (4, 6)
+    current = (tmp_path / "1" / "c.slot").read_text()
+    (tmp_path / "1" / f"c.{current}.residual").write_bytes(b"\x05" + b"\x00" * 30)
+    assert load_residual(tmp_path, 1, "c").arrays == {}  # error feedback restarts from zeros
+    (tmp_path / "1" / "c.slot").write_text("z")
+    assert load_residual(tmp_path, 1, "c").arrays == {}

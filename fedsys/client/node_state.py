@@ -2,8 +2,11 @@
 
 Flower ships a node's ``context.state`` to the ClientApp and back with every message (through
 Ray in simulation, to a fresh ``flwr-clientapp`` process when deployed). The error-feedback
-residual is as large as the model, so it lives in a file on the node instead:
-``<dir>/<run id>/<client id>.residual`` (safetensors), written atomically.
+residual is as large as the model, so it lives in files on the node instead, two slots
+``<dir>/<run id>/<client id>.{a,b}.residual`` (safetensors) and ``<client id>.slot`` naming
+the current one. A new residual is written over the other slot in place (its pages already
+exist, see ``mapped_safetensors``), then the slot file is replaced atomically: a crash
+mid-write leaves the previous residual current.
 
 A simulation's residuals live only as long as the run, so they go to shared memory when all
 of them fit (:func:`simulation_state_dir`): a 40 MB residual is read and rewritten by every
@@ -17,6 +20,9 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
+
+from fedsys.client.mapped_safetensors import map_arrays, overwrite_arrays
 from fedsys.codec import Residual
 from fedsys.data.cache import resolve_cache_dir
 from fedsys.errors import CodecError
@@ -52,25 +58,52 @@ def simulation_state_dir(
     return shm / "fedsys-node-state"
 
 
-def _path(root: Path, run_id: int, client_id: str) -> Path:
-    return root / str(run_id) / f"{_SAFE.sub('_', client_id)}.residual"
+SLOTS = ("a", "b")
+
+
+def _stem(root: Path, run_id: int, client_id: str) -> Path:
+    return root / str(run_id) / _SAFE.sub("_", client_id)
+
+
+def _slot_file(stem: Path, slot: str) -> Path:
+    return stem.with_name(f"{stem.name}.{slot}.residual")
+
+
+def _current_slot(stem: Path) -> str | None:
+    try:
+        slot = stem.with_name(f"{stem.name}.slot").read_text().strip()
+    except OSError:
+        return None
+    return slot if slot in SLOTS else None
 
 
 def load_residual(root: Path, run_id: int, client_id: str) -> Residual:
     """The stored residual, or zeros (``Residual()``) on the first round or if unreadable."""
-    path = _path(root, run_id, client_id)
+    stem = _stem(root, run_id, client_id)
+    slot = _current_slot(stem)
+    if slot is None:
+        return Residual()
     try:
-        return Residual.from_file(path)
-    except (OSError, CodecError):
+        return Residual.from_arrays(map_arrays(_slot_file(stem, slot)))
+    except (OSError, ValueError, CodecError):
         return Residual()
 
 
 def save_residual(root: Path, run_id: int, client_id: str, residual: Residual) -> None:
-    path = _path(root, run_id, client_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    residual.to_file(tmp)
-    os.replace(tmp, path)
+    """Write ``residual`` into the slot that is not current, then make it current."""
+    stem = _stem(root, run_id, client_id)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    target = "b" if _current_slot(stem) == "a" else "a"
+    path = _slot_file(stem, target)
+    arrays = {name: np.require(a, requirements="C") for name, a in residual.arrays.items()}
+    if not overwrite_arrays(path, arrays):  # first write, or the layout changed
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        residual.to_file(tmp)
+        os.replace(tmp, path)
+    pointer = stem.with_name(f"{stem.name}.slot")
+    tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}.tmp")
+    tmp.write_text(target)
+    os.replace(tmp, pointer)
 
 
 def drop_run(root: Path, run_id: int) -> None:

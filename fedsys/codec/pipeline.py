@@ -25,6 +25,7 @@ from fedsys.codec.quantize import Quantize
 from fedsys.codec.residual import Residual
 from fedsys.codec.stages import Stage, check_pipeline, first_lossy
 from fedsys.codec.wire import WireUpdate, pack_update, parse_update
+from fedsys.codec.wiretensor import read_only_tensor
 from fedsys.errors import CodecError, WireFormatError
 
 
@@ -58,7 +59,8 @@ def _compensate(tensors: dict[str, CodedTensor], residual: Residual) -> dict[str
         t = tensors[name]
         if tuple(arr.shape) != t.shape:
             raise CodecError(f"residual {name!r} has shape {arr.shape}, tensor has {t.shape}")
-        carried = torch.from_numpy(np.ascontiguousarray(arr).reshape(-1)).to(t.values.device)
+        # the residual may be a read-only mapping of the node's file: read, never written
+        carried = read_only_tensor(np.ascontiguousarray(arr).reshape(-1)).to(t.values.device)
         out[name] = replace(t, values=t.values + carried)
     return out
 

@@ -141,7 +141,7 @@ class WireTensor:
             part = torch.from_numpy(codes[start // 2 : (start + n + 1) // 2].copy())
             wide.copy_(unpack_int4(part, n))
         else:  # read in place: the payload is only ever read
-            wide.copy_(_read_only_tensor(codes[start : start + n]))
+            wide.copy_(read_only_tensor(codes[start : start + n]))
         full, b0 = n // bs * bs, start // bs
         if full:
             wide[:full].view(full // bs, bs).mul_(scales[b0 : b0 + full // bs, None])
@@ -195,8 +195,8 @@ class WireTensor:
         return out.to(TORCH_DTYPES[self.entry.dtype]).reshape(self.shape)
 
 
-def _read_only_tensor(values: np.ndarray) -> torch.Tensor:
-    """A tensor over a read-only array without copying it; callers must only read it."""
+def read_only_tensor(values: np.ndarray) -> torch.Tensor:
+    """A tensor over a (possibly read-only) array without copying it; callers only read it."""
     with warnings.catch_warnings():  # torch warns that writing to it would be undefined
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(values)
