@@ -324,7 +324,7 @@ class RuntimeConfig(Section):
         default=None,
         description="Where nodes keep large state (error-feedback residuals); default "
         "<fedsys cache>/node-state, and in simulation /dev/shm/fedsys-node-state when every "
-        "client's residual fits in a quarter of its free space.",
+        "client's residual (two slots each) fits in a quarter of its free space.",
     )
     progress: bool = Field(default=True, description="Live rich table per round.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"

@@ -29,7 +29,8 @@ def _with_node_state_dir(cfg: ExperimentConfig, info: DatasetInfo) -> Experiment
 
     if cfg.runtime.node_state_dir is not None or not uses_error_feedback(cfg.codec):
         return cfg
-    residual_bytes = 4 * count_parameters(build_model(cfg.model, info)) * cfg.data.num_partitions
+    params = count_parameters(build_model(cfg.model, info))
+    residual_bytes = 2 * 4 * params * cfg.data.num_partitions  # two float32 slots per client
     chosen = simulation_state_dir(None, residual_bytes)
     if chosen is None:
         return cfg
