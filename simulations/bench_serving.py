@@ -26,9 +26,7 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +46,7 @@ from fedsys.data.types import DatasetInfo
 from fedsys.models import build_model, count_parameters
 from fedsys.serving.manifest import Lineage
 from fedsys.serving.registry import Registry
+from fedsys.serving.runner import free_port, serve_process
 from fedsys.training import evaluate, train_local
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,41 +106,15 @@ def pct(values: list[float], q: float) -> float:
 # --- servers and registries --------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def server(registry: Path, *args: str) -> Iterator[int]:
     """``fedsys serve`` in its own process group; yields its port once a model is loaded."""
-    port = free_port()
+    port = free_port(HOST)
     env = {**os.environ, "FEDSYS_PUBLISH_TOKEN": TOKEN, "FLWR_TELEMETRY_ENABLED": "0"}
-    cmd = [sys.executable, "-m", "fedsys.cli", "serve", "--registry", str(registry)]
-    cmd += ["--host", HOST, "--port", str(port), *args]
-    proc = subprocess.Popen(
-        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://{HOST}:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"fedsys serve did not start: {cmd}")
-            time.sleep(0.2)
+    with serve_process(
+        ["--registry", str(registry), *args], host=HOST, port=port, ready_path="/readyz", env=env
+    ):
         yield port
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def new_registry(root: Path, key: Ed25519PrivateKey) -> Registry:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 from safetensors import SafetensorError
-from safetensors.numpy import load, load_file, save, save_file
+from safetensors.numpy import load, save, save_file
 
 from fedsys.errors import CodecError
 
@@ -43,17 +43,9 @@ class Residual:
         return save({name: np.require(a, requirements="C") for name, a in self.arrays.items()})
 
     def to_file(self, path: Path) -> None:
-        """Write safetensors straight from the arrays (no model-sized bytes object)."""
+        """Write safetensors straight from the arrays (no model-sized bytes object); the
+        node's residual store reads them back through a memory map."""
         save_file({name: np.require(a, requirements="C") for name, a in self.arrays.items()}, path)
-
-    @classmethod
-    def from_file(cls, path: Path) -> Residual:
-        """Read a file written by :meth:`to_file`; CodecError if it is not valid."""
-        try:
-            arrays = load_file(path)
-        except (SafetensorError, ValueError, TypeError) as exc:
-            raise CodecError(f"residual file {path} is not valid safetensors: {exc}") from None
-        return cls.from_arrays(arrays)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Residual:

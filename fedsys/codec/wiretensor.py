@@ -13,14 +13,13 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
 
 import numpy as np
 import torch
 
 from fedsys.codec.dtypes import FLOAT_NAMES, TORCH_DTYPES
 from fedsys.codec.manifest import TensorEntry
-from fedsys.codec.quantize import dequantize_blocks, unpack_int4
+from fedsys.codec.quantize import unpack_int4
 from fedsys.codec.rice import decode_positions
 
 CHUNK_ELEMENTS = 1 << 19  # 4 MiB of float64 scratch: aggregation measured fastest here
@@ -75,19 +74,17 @@ class WireTensor:
         e = self.entry
         chunk = max(CHUNK_ELEMENTS // max(e.block_size, 1), 1) * max(e.block_size, 1)
         codes = np.frombuffer(self.values, dtype=NUMPY_CODES[e.encoding])
-        scales = torch.from_numpy(np.frombuffer(self.scales, dtype="<f4").astype(np.float32))
+        block_scaled = e.encoding in ("int8", "int4")
+        if block_scaled:
+            scales = self._weighted_scales(1.0, torch.empty(0, dtype=torch.float32))
         for start in range(0, e.count, chunk):
             n = min(chunk, e.count - start)
-            if e.encoding in ("f32", "fp16"):
+            if not block_scaled:
                 yield start, torch.from_numpy(codes[start : start + n].astype(np.float32))
                 continue
-            scheme: Literal["int8", "int4"] = "int4" if e.encoding == "int4" else "int8"
-            if scheme == "int4":
-                part = torch.from_numpy(codes[start // 2 : (start + n + 1) // 2].copy())
-            else:
-                part = torch.from_numpy(codes[start : start + n].copy())
-            block0 = start // e.block_size
-            yield start, dequantize_blocks(part, scales[block0:], n, scheme, e.block_size)
+            values = torch.empty(n, dtype=torch.float32)
+            self._fill_scaled(values, start, scales)
+            yield start, values
 
     def add_into(
         self, out: torch.Tensor, weight: float, scratch: torch.Tensor | None = None

@@ -9,6 +9,7 @@ SuperLink restart makes the SuperNode exit or retry), and SIGTERM stops both and
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -57,13 +58,17 @@ def node_config(settings: ClientSettings) -> str:
         items["data-path"] = str(settings.data_path)
     if settings.warm_worker:
         items[WORKER_SOCKET] = str(socket_path(settings))
-    return " ".join(
-        f"{k}={v}" if isinstance(v, int) else f"{k}={_toml_string(v)}" for k, v in items.items()
-    )
+    return " ".join(f"{k}={toml_value(v)}" for k, v in items.items())
 
 
-def _toml_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def toml_value(value: str | bool | int) -> str:
+    """A TOML literal: booleans and integers as such, strings as JSON strings (a JSON
+    string, control characters escaped, is a valid TOML basic string)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(value)
 
 
 def supernode_argv(settings: ClientSettings) -> list[str]:

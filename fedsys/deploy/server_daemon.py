@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from fedsys.config import ExperimentConfig, load_config
-from fedsys.deploy.client_daemon import _bin, child_env
+from fedsys.deploy.client_daemon import _bin, child_env, toml_value
 from fedsys.deploy.settings import Backoff, ServerSettings
 from fedsys.deploy.supervise import Child, Supervisor, emit
 from fedsys.errors import ConfigError, FedsysError
@@ -33,12 +33,6 @@ class DeployError(FedsysError):
     """A SuperLink or ``flwr`` CLI step failed; the message names the step."""
 
 
-def _toml(value: str | bool) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
-
-
 def flwr_home(settings: ServerSettings) -> Path:
     return settings.state_dir / "flwr-home"
 
@@ -49,16 +43,16 @@ def write_flwr_home(settings: ServerSettings) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     lines = [
         "[superlink]",
-        f"default = {_toml(CONNECTION)}",
+        f"default = {toml_value(CONNECTION)}",
         "",
         f"[superlink.{CONNECTION}]",
-        f"address = {_toml(settings.dial_address)}",
+        f"address = {toml_value(settings.dial_address)}",
     ]
     if settings.insecure:
         lines.append("insecure = true")
     else:
         assert settings.tls is not None
-        lines.append(f"root-certificates = {_toml(str(settings.tls.ca_cert))}")
+        lines.append(f"root-certificates = {toml_value(str(settings.tls.ca_cert))}")
     (home / "config.toml").write_text("\n".join(lines) + "\n")
     return home
 
@@ -104,7 +98,7 @@ def write_project(settings: ServerSettings, *, resume: bool) -> Path:
             'clientapp = "fedsys.deploy.thin_client:app"',
             "",
             "[tool.flwr.app.config]",
-            *(f"{k} = {_toml(v)}" for k, v in config.items()),
+            *(f"{k} = {toml_value(v)}" for k, v in config.items()),
             "",
         ]
     )

@@ -96,6 +96,22 @@ class Child:
         return proc.returncode
 
 
+class StopRequest:
+    """SIGTERM or SIGINT recorded (not raised) once :meth:`install` ran: for loops that
+    finish their current step and then check ``signum``."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def install(self) -> StopRequest:
+        signal.signal(signal.SIGTERM, self._record)
+        signal.signal(signal.SIGINT, self._record)
+        return self
+
+    def _record(self, signum: int, _frame: FrameType | None) -> None:
+        self.signum = signum
+
+
 class Supervisor:
     """Runs children until SIGTERM/SIGINT, or until the SuperNode is refused too often."""
 
@@ -115,16 +131,13 @@ class Supervisor:
         self.stop_timeout = stop_timeout
         self.refused_limit = refused_limit
         self.on_tick = on_tick
-        self._stop_signal: int | None = None
+        self._stop = StopRequest()
         self._stop_code: int | None = None
-
-    def _request_stop(self, signum: int, _frame: FrameType | None) -> None:
-        self._stop_signal = signum
 
     @property
     def stopping(self) -> bool:
         """A stop was requested (signal or :meth:`finish`): long waits should end."""
-        return self._stop_signal is not None or self._stop_code is not None
+        return self._stop.signum is not None or self._stop_code is not None
 
     def finish(self, code: int) -> None:
         """Stop the children and make :meth:`run` return ``code`` (from ``on_tick``)."""
@@ -156,13 +169,12 @@ class Supervisor:
     def run(self) -> int:
         """0 after a clean stop, 3 when the SuperLink keeps refusing this node, 1 when a
         child that must not be restarted exits, else what :meth:`finish` was given."""
-        signal.signal(signal.SIGTERM, self._request_stop)
-        signal.signal(signal.SIGINT, self._request_stop)
+        self._stop.install()
         code = 0
         try:
             for child in self.children:
                 child.start(self.component)
-            while self._stop_signal is None:
+            while self._stop.signum is None:
                 now = time.monotonic()
                 for child in self.children:
                     if child.proc is not None and (rc := child.proc.poll()) is not None:
@@ -182,7 +194,7 @@ class Supervisor:
                 if self._stop_code is not None:
                     return self._stop_code
                 time.sleep(POLL)
-            emit(self.component, "stopping", signal=signal.Signals(self._stop_signal).name)
+            emit(self.component, "stopping", signal=signal.Signals(self._stop.signum).name)
             return code
         finally:
             for child in reversed(self.children):

@@ -21,7 +21,8 @@ import os
 import signal
 import sys
 import time
-from types import FrameType
+
+from fedsys.deploy.supervise import StopRequest
 
 POLL_SECONDS = 0.05  # between AcquireTask calls on the local runtime API
 # A task is handed out while the SuperNode may still be fetching the message's objects from
@@ -74,14 +75,7 @@ def serve(runtime_address: str, launch_delay: float = LAUNCH_DELAY_SECONDS) -> N
 
     import fedsys.deploy.thin_client  # noqa: F401
 
-    stop = False
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = StopRequest().install()
     client = RuntimeHttpClient.from_server_address(
         server_address=runtime_address,
         insecure=True,
@@ -93,7 +87,7 @@ def serve(runtime_address: str, launch_delay: float = LAUNCH_DELAY_SECONDS) -> N
     available = True
     _log("ready", runtime_api=runtime_address, pid=os.getpid())
     try:
-        while not stop:
+        while stop.signum is None:
             for pid in list(children):
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if done:

@@ -15,15 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import stat
 import struct
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 
+from fedsys.deploy.supervise import StopRequest
 from fedsys.deploy.worker_protocol import PING, Reply, Request, WorkerError, recv_frame, send_frame
 from fedsys.errors import FedsysError
 
@@ -110,14 +109,7 @@ def serve(socket_path: Path, *, preload: bool = True) -> None:
     """Serve requests on ``socket_path`` one at a time until SIGTERM or SIGINT."""
     prepare_private_dir(socket_path.parent)
     socket_path.unlink(missing_ok=True)
-    stop = False
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = StopRequest().install()
     if preload:
         import fedsys.client.app  # noqa: F401  (torch, data and model code, once)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -131,7 +123,7 @@ def serve(socket_path: Path, *, preload: bool = True) -> None:
     server.settimeout(ACCEPT_POLL)
     _log("ready", socket=str(socket_path), pid=os.getpid())
     try:
-        while not stop:
+        while stop.signum is None:
             try:
                 conn, _ = server.accept()
             except TimeoutError:

@@ -12,10 +12,6 @@ import contextlib
 import io
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,13 +22,12 @@ import numpy as np
 from fedsys.config import ExperimentConfig
 from fedsys.errors import FedsysError
 from fedsys.server.records import RunSummary, write_json
-from fedsys.serving.runner import BackgroundServer, free_port
+from fedsys.serving.runner import BackgroundServer, free_port, serve_process
 from fedsys.serving.settings import ServeSettings
 
 log = logging.getLogger("fedsys")
 
 READY_TIMEOUT = 30.0  # seconds for the endpoint to pick up the final publish
-START_TIMEOUT = 180.0  # seconds for worker processes to import torch and bind (busy machines)
 
 
 def registry_dir(cfg: ExperimentConfig, out_dir: Path) -> Path:
@@ -56,37 +51,13 @@ def _settings(cfg: ExperimentConfig, out_dir: Path, port: int) -> ServeSettings:
     )
 
 
-@contextlib.contextmanager
-def _worker_processes(settings: ServeSettings) -> Iterator[str]:
+def _worker_processes(settings: ServeSettings) -> contextlib.AbstractContextManager[str]:
     """``fedsys serve`` with several workers in its own process group, ended on exit."""
+    args = ["--registry", str(settings.registry), "--workers", str(settings.workers)]
+    args += ["--max-batch-size", str(settings.max_batch_size)]
+    args += ["--max-wait-ms", str(settings.max_wait_ms)]
     port = settings.port or free_port(settings.host)
-    cmd = [sys.executable, "-m", "fedsys.cli", "serve", "--registry", str(settings.registry)]
-    cmd += ["--host", settings.host, "--port", str(port), "--workers", str(settings.workers)]
-    cmd += ["--max-batch-size", str(settings.max_batch_size)]
-    cmd += ["--max-wait-ms", str(settings.max_wait_ms)]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL)
-    url = f"http://{settings.host}:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise FedsysError(f"the inference endpoint exited with code {proc.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise FedsysError(f"the inference endpoint did not start on {url}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    return serve_process(args, host=settings.host, port=port)
 
 
 @contextlib.contextmanager

@@ -3,14 +3,20 @@ or in a background thread of this process (``fedsys simulate`` with ``serve.enab
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 
+import httpx
 import uvicorn
 
 from fedsys.errors import FedsysError
@@ -21,6 +27,7 @@ from fedsys.serving.settings import SETTINGS_ENV, ServeSettings
 LOG_LEVEL = "warning"
 ACCESS_LOG = False  # a log line per request costs more than a small model's inference
 GRACEFUL_SHUTDOWN_S = 10
+START_TIMEOUT_S = 180.0  # for worker processes to import torch and bind (busy machines)
 
 
 def free_port(host: str) -> int:
@@ -29,6 +36,53 @@ def free_port(host: str) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_process(
+    args: Sequence[str],
+    *,
+    host: str,
+    port: int,
+    ready_path: str = "/healthz",
+    env: Mapping[str, str] | None = None,
+    start_timeout: float = START_TIMEOUT_S,
+) -> Iterator[str]:
+    """``fedsys serve ARGS --host HOST --port PORT`` in its own process group.
+
+    Yields the URL once ``ready_path`` answers 200 (``/readyz``: a model is loaded); on exit
+    the group gets SIGTERM, then SIGKILL if it has not ended within the graceful shutdown.
+    """
+    cmd = [sys.executable, "-m", "fedsys.cli", "serve", *args, "--host", host]
+    cmd += ["--port", str(port)]
+    proc = subprocess.Popen(
+        cmd,
+        env=dict(env) if env is not None else None,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"http://{host}:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if proc.poll() is not None:
+                raise FedsysError(f"the inference endpoint exited with code {proc.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}{ready_path}", timeout=1.0).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise FedsysError(f"the inference endpoint did not start on {url}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=GRACEFUL_SHUTDOWN_S + 5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def serve_forever(settings: ServeSettings) -> None:
