@@ -24,6 +24,11 @@ class NodeHello(BaseModel):
     signing_key: str | None = Field(
         default=None, pattern=r"^[0-9a-f]{64}$", description="Ed25519 public key, raw hex."
     )
+    num_examples: int | None = Field(
+        default=None,
+        ge=0,
+        description="Training examples the node holds: the most any of its updates may weigh.",
+    )
 
 
 def record_nbytes(record: Mapping[str, object]) -> int:

@@ -45,7 +45,8 @@ def _reply(node: int, record: dict[str, object], examples: int = 10, **extra: in
 
 
 def _plain(node: int, seed: int, examples: int = 10, **extra: int) -> Message:
-    payload = encode_update(_delta(seed), [Quantize(bits=8)]).payload
+    stated = examples if examples > 0 else None  # a payload cannot state a weight of 0
+    payload = encode_update(_delta(seed), [Quantize(bits=8)], num_examples=stated).payload
     return _reply(node, {"payload": payload}, examples, **extra)
 
 
@@ -116,7 +117,7 @@ def test_envelopes_are_checked_against_round_sender_and_key() -> None:
     server = generate_exchange_key()
     alice, mallory = generate_signing_key(), generate_signing_key()
     keys = AggregatorKeys(server, {"alice": alice.public_key()})
-    payload = encode_update(_delta(1), [Quantize(bits=8)]).payload
+    payload = encode_update(_delta(1), [Quantize(bits=8)], num_examples=10).payload
 
     def sealed(node: int, who: str, key: object, rnd: int = ROUND) -> Message:
         env = seal(payload, ClientKeys(who, key, server.public_key()), RoundBinding(RUN, rnd, node))  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ SHIFTS = [0.1, 0.2, 0.3, 0.4, 5.0]  # the last client is an outlier
 
 def _reply(node: int, shift: float) -> Message:
     delta = {k: torch.full(v.shape, shift) for k, v in GLOBAL.items()}
-    payload = encode_update(delta, []).payload
+    payload = encode_update(delta, [], num_examples=10).payload
     content = RecordDict(
         {
             "update": ConfigRecord({"payload": payload}),

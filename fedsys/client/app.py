@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedsys.client import secagg
+from fedsys.client.attack import attack_for
 from fedsys.client.node_state import state_root
 from fedsys.client.outbound import encode_delta, signing_key
 from fedsys.codec.downlink import decode_global
@@ -24,6 +25,7 @@ from fedsys.config import ExperimentConfig
 from fedsys.crypto import RoundBinding
 from fedsys.crypto.keys import public_to_raw, signing_key_from_pem
 from fedsys.data import client_partition, load_dataset
+from fedsys.errors import FedsysError
 from fedsys.memory import keep_freed_memory
 from fedsys.models import build_model
 from fedsys.protocol import (
@@ -157,9 +159,13 @@ def train(msg: Message, context: Context) -> Message:
     )
     # global_state is this call's own decoded copy, no longer needed once training is done
     delta = state_delta(model.state_dict(), global_state, overwrite_base=True)
+    attack = attack_for(cfg, context, pid, rnd)  # None unless a simulated Byzantine client
+    if attack is not None:
+        delta = attack.tamper_delta(delta)
+    claimed = attack.claimed_weight(result.num_examples) if attack else result.num_examples
     if SECAGG_PARAMS_KEY in config:  # secure aggregation: quantize, keep, advertise keys
         done: dict[str, float | int] = {
-            "num-examples": result.num_examples,
+            "num-examples": claimed,
             "train_loss": result.train_loss,
             "train_seconds": result.seconds,
             "steps": result.steps,
@@ -168,6 +174,7 @@ def train(msg: Message, context: Context) -> Message:
         state_dir = state_root(cfg.runtime.node_state_dir)
         return secagg.setup(msg, context, cfg, delta, done, state_dir=state_dir, seed=seed)
     aggregator_key = config.get(AGGREGATOR_KEY)
+    stated = attack.stated_weight(result.num_examples) if attack else result.num_examples
     outbound = encode_delta(
         delta,
         cfg.codec,
@@ -177,10 +184,13 @@ def train(msg: Message, context: Context) -> Message:
         binding=RoundBinding(run_id=context.run_id, round=rnd, node_id=context.node_id),
         seed=seed,
         state_dir=state_root(cfg.runtime.node_state_dir),
+        num_examples=stated,
+        rewrite=(lambda p: attack.rewrite_payload(p, delta, stated)) if attack else None,
     )
+    record = attack.replace_record(outbound.record) if attack else outbound.record
     metrics = MetricRecord(
         {
-            "num-examples": result.num_examples,
+            "num-examples": claimed,
             "train_loss": result.train_loss,
             "train_seconds": result.seconds,
             "encode_seconds": outbound.encode_seconds,
@@ -188,7 +198,7 @@ def train(msg: Message, context: Context) -> Message:
             "straggler": int(work < 1.0),
         }
     )
-    content = RecordDict({"update": outbound.record, "metrics": metrics})
+    content = RecordDict({"update": record, "metrics": metrics})
     return Message(content=content, reply_to=msg)
 
 
@@ -224,6 +234,20 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
     return secagg.unmask(msg, context)
 
 
+def _declared_examples(msg: Message, context: Context) -> int | None:
+    """The training-set size this node will weigh its updates by, when the query says how
+    to find its data (the experiment config); the server caps every update's weight by it."""
+    config = msg.content.config_records.get("config")
+    if config is None or CONFIG_KEY not in config:
+        return None
+    config_json, seed = record_text(config, CONFIG_KEY), int(record_number(config, SEED_KEY))
+    try:
+        _, y = _local_tensors(config_json, seed, context)
+    except (FedsysError, OSError, ValueError):
+        return None  # the train handler reports the data problem; the hello still answers
+    return len(y)
+
+
 @app.query()
 def describe(msg: Message, context: Context) -> Message:
     """Introduce this node: its partition (a stable label) and its update-signing key."""
@@ -232,6 +256,7 @@ def describe(msg: Message, context: Context) -> Message:
         partition_id=_partition_id(context),
         client_id=_client_id(context),
         signing_key=public_to_raw(public).hex(),
+        num_examples=_declared_examples(msg, context),
     )
     record = ConfigRecord({HELLO_KEY: hello.model_dump_json()})
     return Message(content=RecordDict({"hello": record}), reply_to=msg)

@@ -8,7 +8,7 @@ model, too large to ride in ``context.state``, which Flower ships with every mes
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,8 +79,14 @@ def encode_delta(
     binding: RoundBinding,
     seed: int,
     state_dir: Path,
+    num_examples: int | None = None,
+    rewrite: Callable[[bytes], bytes] | None = None,
 ) -> Outbound:
-    """Encode (and, when configured, seal) ``delta``; updates the stored residual."""
+    """Encode (and, when configured, seal) ``delta``; updates the stored residual.
+
+    ``num_examples`` (the aggregation weight) is written into the payload, so the envelope
+    authenticates it with the values; the server reads it from there. ``rewrite`` replaces
+    the payload before sealing (simulated attacks only)."""
     start = time.perf_counter()
     residual = (
         load_residual(state_dir, binding.run_id, client_id) if uses_error_feedback(cfg) else None
@@ -91,13 +97,18 @@ def encode_delta(
             derive_seed(seed, binding.round, binding.node_id, 11)
         )
     encoded = encode_update(
-        delta, pipeline_from_config(cfg), residual=residual, generator=generator
+        delta,
+        pipeline_from_config(cfg),
+        residual=residual,
+        generator=generator,
+        num_examples=num_examples,
     )
     if encoded.residual is not None:
         save_residual(state_dir, binding.run_id, client_id, encoded.residual)
+    payload = rewrite(encoded.payload) if rewrite is not None else encoded.payload
     if not cfg.encrypt:
-        record = ConfigRecord({PAYLOAD_KEY: encoded.payload})
-        return Outbound(record, len(encoded.payload), time.perf_counter() - start)
+        record = ConfigRecord({PAYLOAD_KEY: payload})
+        return Outbound(record, len(payload), time.perf_counter() - start)
     if aggregator_key is None:
         raise ValueError("codec.encrypt is on but the server sent no aggregator key")
     keys = ClientKeys(
@@ -105,6 +116,6 @@ def encode_delta(
         signing_key=signing_key_from_pem(signing_key(context)),
         aggregator_key=exchange_public_from_raw(aggregator_key),
     )
-    envelope = seal(encoded.payload, keys, binding, cipher=cfg.cipher)
+    envelope = seal(payload, keys, binding, cipher=cfg.cipher)
     record = ConfigRecord(dict(envelope.to_record_values()))  # type: ignore[arg-type]
     return Outbound(record, envelope.nbytes, time.perf_counter() - start)

@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from fedsys.codec.limits import value_bound
 from fedsys.codec.pipeline import decode_update, encode_update
 from fedsys.codec.quantize import Quantize
 from fedsys.codec.template import check_layout, template_from
@@ -47,8 +48,9 @@ def decode_global(
     wire = parse_update(payload)
     check_layout(wire, template_from(expected))
     for name, tensor in wire.tensors.items():
-        # block-coded values are finite exactly when their scales are: no full pass needed
-        if not tensor.stats(need_norm=False).finite:
+        # block-coded values are bounded by their scales up front: no full pass needed
+        stats = tensor.stats(need_norm=False)
+        if not stats.finite or stats.max_abs > 2 * value_bound(tensor.entry.dtype):
             raise UpdateRejected(f"global model tensor {name!r} holds non-finite values")
     return decode_update(wire)
 

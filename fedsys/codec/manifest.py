@@ -61,9 +61,15 @@ class TensorEntry(Strict):
         return extra + self.scales_bytes + self.values_bytes
 
 
+MAX_NUM_EXAMPLES = 1 << 53  # exact in float64, where the server weighs updates
+
+
 class Manifest(Strict):
     stages: Annotated[list[StageSpec], Field(max_length=8)]
     tensors: list[TensorEntry]
+    # The aggregation weight (the client's number of training examples). Inside the payload,
+    # so an envelope's signature and AEAD cover it; absent only in payloads of older clients.
+    num_examples: Annotated[int, Field(ge=1, le=MAX_NUM_EXAMPLES)] | None = None
 
 
 def expected_values_bytes(encoding: Encoding, dtype: str, count: int) -> int:

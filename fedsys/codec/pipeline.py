@@ -78,10 +78,13 @@ def encode_update(
     *,
     residual: Residual | None = None,
     generator: torch.Generator | None = None,
+    num_examples: int | None = None,
 ) -> EncodedUpdate:
     """Run ``pipeline`` over ``update`` and serialize; returns the payload and new residual.
 
-    ``generator`` drives stochastic rounding (it must live on the tensors' device)."""
+    ``generator`` drives stochastic rounding (it must live on the tensors' device);
+    ``num_examples`` is the aggregation weight, written into the payload (the server
+    requires it there, where the envelope authenticates it)."""
     stages = check_pipeline(pipeline)
     lossy = first_lossy(stages)
     tensors = _run_encode(stages[:lossy], coded_from_tensors(update), generator)
@@ -101,7 +104,9 @@ def encode_update(
                     if t.encoding == "f32" and t.positions is None
                 }
             )
-            return EncodedUpdate(pack_update(stages, tensors), new_residual)
+            return EncodedUpdate(
+                pack_update(stages, tensors, num_examples=num_examples), new_residual
+            )
         tensors = _run_encode(only, target, generator)
         sent = _run_decode(only, tensors)
         new_residual = Residual(
@@ -114,7 +119,7 @@ def encode_update(
                 if t.encoding == "f32"
             }
         )
-    return EncodedUpdate(pack_update(stages, tensors), new_residual)
+    return EncodedUpdate(pack_update(stages, tensors, num_examples=num_examples), new_residual)
 
 
 def decode_update(payload: bytes | bytearray | memoryview | WireUpdate) -> dict[str, torch.Tensor]:

@@ -44,19 +44,22 @@ class StreamingSum:
         # payload (a quarter of a float32 model for int8), which the reply holds anyway.
         self._held: tuple[WireUpdate, float] | None = None
 
-    def add(self, update: WireUpdate, weight: float) -> None:
-        """Add ``weight * update``; a layout mismatch raises UpdateRejected before any change."""
+    def add(self, update: WireUpdate, weight: float, *, scale: float = 1.0) -> None:
+        """Add ``weight * scale * update`` and count ``weight`` (``scale`` < 1 clips an update
+        without lowering its weight); a layout mismatch raises UpdateRejected before any
+        change."""
         check_layout(update, self.template)
         for t in update.tensors.values():  # decode positions first: a bad stream changes nothing
             if t.entry.positions is not None:
                 _ = t.positions
+        contribution = weight * scale
         if not _pairable(update):
-            self._add_one(update, weight)
+            self._add_one(update, contribution)
         elif self._held is None:
-            self._held = (update, weight)
+            self._held = (update, contribution)
         else:
             held, self._held = self._held, None
-            self._add_pair(held, (update, weight))
+            self._add_pair(held, (update, contribution))
         self.total_weight += weight
         self.count += 1
 

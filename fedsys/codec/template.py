@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from fedsys.codec.dtypes import FLOAT_NAMES, DTypeName, dtype_name
+from fedsys.codec.manifest import Manifest
 from fedsys.codec.wire import WireUpdate
 from fedsys.errors import CodecError, UpdateRejected
 
@@ -53,5 +54,25 @@ def check_layout(update: WireUpdate, template: Template) -> None:
         if t.shape != spec.shape or t.entry.dtype != spec.dtype:
             raise UpdateRejected(
                 f"tensor {name!r} is {t.entry.dtype}{list(t.shape)}, "
+                f"expected {spec.dtype}{list(spec.shape)}"
+            )
+
+
+def check_manifest_layout(manifest: Manifest, template: Template) -> None:
+    """A parsed manifest must describe exactly the template's tensors, before any is read."""
+    entries = manifest.tensors
+    names = {entry.name for entry in entries}
+    if len(entries) != len(template) or names != set(template):
+        missing = sorted(set(template) - names)[:3]
+        extra = [name[:80] for name in sorted(names - set(template))[:3]]
+        raise UpdateRejected(
+            f"tensor names differ (missing {missing}, unexpected {extra}; "
+            f"{len(entries)} tensors, the model has {len(template)})"
+        )
+    for entry in entries:
+        spec = template[entry.name]
+        if tuple(entry.shape) != spec.shape or entry.dtype != spec.dtype:
+            raise UpdateRejected(
+                f"tensor {entry.name!r} is {entry.dtype}{list(entry.shape)}, "
                 f"expected {spec.dtype}{list(spec.shape)}"
             )

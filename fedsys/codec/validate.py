@@ -2,7 +2,9 @@
 
 Order: (envelope) known sender, signature, run/round/node, size, every frame present and
 authentic; then the payload's format and checksums, names/shapes/dtypes equal to the global
-model's, every value finite, and the L2 norm within ``max_norm``. Map failures to the round's
+model's, every decoded value finite and representable in its tensor's dtype, and the L2 norm
+within ``max_norm``. Every size the payload claims is bounded by what the global model can
+need (:mod:`fedsys.codec.limits`) before memory is spent on it. Map failures to the round's
 rejections with ``except CodecError as exc: ... exc.reason``.
 """
 
@@ -15,7 +17,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsys.codec.template import Template, check_layout
+from fedsys.codec.limits import PayloadLimits, value_bound
+from fedsys.codec.manifest import Manifest
+from fedsys.codec.template import Template, check_layout, check_manifest_layout
 from fedsys.codec.wire import WireUpdate, parse_update
 from fedsys.crypto.envelope import Envelope, RoundBinding, open_envelope
 from fedsys.crypto.keys import AggregatorKeys
@@ -30,6 +34,7 @@ class UpdatePolicy(BaseModel):
     max_payload_bytes: Annotated[int, Field(gt=0)] = 1 << 30
     max_norm: Annotated[float, Field(gt=0)] | None = None
     require_envelope: bool = True
+    measure_norm: bool = False  # compute the norm even without max_norm (adaptive bounds)
 
 
 @dataclass(frozen=True)
@@ -37,31 +42,55 @@ class CheckedUpdate:
     """A validated update, ready for :class:`~fedsys.codec.streaming.StreamingSum` or decoding."""
 
     wire: WireUpdate
-    norm: float | None  # L2 norm; None when the policy has no bound (not computed)
+    norm: float | None  # L2 norm; None when the policy neither bounds nor measures it
     payload_bytes: int
     client_id: str | None
 
+    @property
+    def num_examples(self) -> int | None:
+        """The aggregation weight the payload states (covered by the envelope's signature)."""
+        return self.wire.num_examples
+
 
 def check_payload(
-    payload: bytes | bytearray | memoryview, template: Template, policy: UpdatePolicy
+    payload: bytes | bytearray | memoryview,
+    template: Template,
+    policy: UpdatePolicy,
+    limits: PayloadLimits | None = None,
 ) -> CheckedUpdate:
-    """Format, layout, finiteness and norm of a plaintext payload."""
+    """Format, layout, value bounds and norm of a plaintext payload.
+
+    ``limits`` (computed from ``template`` when not given) bound every size the payload
+    claims; the manifest is matched against the template before any tensor byte is read."""
+    limits = limits or PayloadLimits.for_model(template)
     size = memoryview(payload).nbytes
-    if size > policy.max_payload_bytes:
-        raise UpdateRejected(
-            f"payload of {size} bytes exceeds the limit of {policy.max_payload_bytes}"
-        )
-    wire = parse_update(payload)
+    cap = min(policy.max_payload_bytes, limits.payload_bytes)
+    if size > cap:
+        raise UpdateRejected(f"payload of {size} bytes exceeds the limit of {cap}")
+
+    def expect(manifest: Manifest) -> None:
+        check_manifest_layout(manifest, template)
+
+    wire = parse_update(payload, max_manifest_bytes=limits.manifest_bytes, expect=expect)
     check_layout(wire, template)
+    need_norm = policy.max_norm is not None or policy.measure_norm
     total = 0.0
     for name, t in wire.tensors.items():
         if t.entry.positions is not None:
             _ = t.positions  # a corrupt position stream fails here, before anything is summed
-        stats = t.stats(need_norm=policy.max_norm is not None)
+        stats = t.stats(need_norm=need_norm)
         if not stats.finite:
             raise UpdateRejected(f"tensor {name!r} holds NaN or infinite values")
+        bound = value_bound(t.entry.dtype)
+        if stats.max_abs > bound:
+            raise UpdateRejected(
+                f"tensor {name!r} holds values up to {stats.max_abs:.3g}, beyond what its "
+                f"dtype {t.entry.dtype} can hold beside the model (limit {bound:.3g})"
+            )
         total += stats.sum_of_squares
-    norm = math.sqrt(total) if policy.max_norm is not None else None
+    norm = math.sqrt(total) if need_norm else None
+    if norm is not None and not math.isfinite(norm):
+        raise UpdateRejected("update L2 norm is not finite")
     if policy.max_norm is not None and norm is not None and norm > policy.max_norm:
         raise UpdateRejected(f"update L2 norm {norm:.6g} exceeds the bound {policy.max_norm:.6g}")
     return CheckedUpdate(wire, norm, size, None)
@@ -75,20 +104,25 @@ def validate_update(
     keys: AggregatorKeys | None = None,
     expect: RoundBinding | None = None,
     client_id: str | None = None,
+    limits: PayloadLimits | None = None,
 ) -> CheckedUpdate:
     """Everything an update must pass to count. ``received`` is an Envelope, its record
     values (``Envelope.to_record_values()``), or, if the policy allows, a bare payload."""
+    limits = limits or PayloadLimits.for_model(template)
     if isinstance(received, bytes | bytearray):
         if policy.require_envelope:
-            raise UpdateRejected("update is not sealed, and the policy requires an envelope")
-        return check_payload(received, template, policy)
+            raise UpdateRejected(
+                "update is not sealed, and the policy requires an envelope: this run requires "
+                "encrypted updates (codec.encrypt); seal the payload to the aggregator key "
+                "sent in the train config (fedsys's ClientApp does)"
+            )
+        return check_payload(received, template, policy, limits)
     envelope = received if isinstance(received, Envelope) else Envelope.from_record_values(received)
     if keys is None or expect is None:
         raise ValueError("opening an envelope needs the aggregator keys and the expected binding")
-    payload = open_envelope(
-        envelope, keys, expect, max_payload_bytes=policy.max_payload_bytes, client_id=client_id
-    )
-    checked = check_payload(payload, template, policy)
+    cap = min(policy.max_payload_bytes, limits.payload_bytes)
+    payload = open_envelope(envelope, keys, expect, max_payload_bytes=cap, client_id=client_id)
+    checked = check_payload(payload, template, policy, limits)
     return CheckedUpdate(
         checked.wire, checked.norm, checked.payload_bytes, envelope.header.client_id
     )

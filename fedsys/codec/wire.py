@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +50,7 @@ class WireUpdate:
     stages: tuple[Stage, ...]
     tensors: dict[str, WireTensor]
     nbytes: int
+    num_examples: int | None = None  # the signed aggregation weight, when the sender gave it
 
 
 def _buffer(t: CodedTensor | None, field: str) -> memoryview:
@@ -59,8 +60,13 @@ def _buffer(t: CodedTensor | None, field: str) -> memoryview:
     return memoryview(value.detach().cpu().contiguous().numpy()).cast("B")
 
 
-def pack_update(stages: Sequence[Stage], tensors: dict[str, CodedTensor]) -> bytes:
-    """Serialize coded tensors (after the last stage) with the stage list that made them."""
+def pack_update(
+    stages: Sequence[Stage], tensors: dict[str, CodedTensor], *, num_examples: int | None = None
+) -> bytes:
+    """Serialize coded tensors (after the last stage) with the stage list that made them.
+
+    ``num_examples`` (the aggregation weight) travels inside the payload, so sealing the
+    payload authenticates it together with the values it weighs."""
     entries: list[TensorEntry] = []
     parts: list[bytes | memoryview] = []
     for name, t in tensors.items():
@@ -94,17 +100,21 @@ def pack_update(stages: Sequence[Stage], tensors: dict[str, CodedTensor]) -> byt
         )
         parts += sections
     manifest = zlib.compress(
-        Manifest(stages=list(stages), tensors=entries).model_dump_json().encode(), 9
+        Manifest(stages=list(stages), tensors=entries, num_examples=num_examples)
+        .model_dump_json(exclude={"num_examples"} if num_examples is None else None)
+        .encode(),
+        9,
     )
     header = HEADER.pack(MAGIC, VERSION, FLAG_DEFLATED_MANIFEST, len(manifest), crc32(manifest))
     return b"".join([header, manifest, *parts])
 
 
-def _inflate(raw: memoryview) -> bytes:
-    """Inflate a deflated manifest, refusing one that would exceed MAX_MANIFEST_BYTES."""
+def _inflate(raw: memoryview, limit: int) -> bytes:
+    """Inflate a deflated manifest, refusing one that would exceed ``limit`` bytes: at most
+    ``limit`` bytes are ever produced, however far the stream claims to expand."""
     inflater = zlib.decompressobj()
     try:
-        text = inflater.decompress(raw, MAX_MANIFEST_BYTES)
+        text = inflater.decompress(raw, limit)
     except zlib.error as exc:
         raise WireFormatError(f"manifest does not inflate: {exc}") from None
     if inflater.unconsumed_tail or not inflater.eof or inflater.unused_data:
@@ -112,7 +122,7 @@ def _inflate(raw: memoryview) -> bytes:
     return text
 
 
-def _manifest(view: memoryview) -> tuple[Manifest, int]:
+def _manifest(view: memoryview, limit: int) -> tuple[Manifest, int]:
     if view.nbytes < HEADER.size:
         raise WireFormatError(f"payload of {view.nbytes} bytes is shorter than the header")
     magic, version, flags, length, crc = HEADER.unpack_from(view)
@@ -123,12 +133,14 @@ def _manifest(view: memoryview) -> tuple[Manifest, int]:
     if flags & ~KNOWN_FLAGS:
         raise WireFormatError(f"unknown header flags {flags:#x}")
     end = HEADER.size + length
-    if length > MAX_MANIFEST_BYTES or end > view.nbytes:
+    if length > limit:
+        raise WireFormatError(f"manifest of {length} bytes exceeds the limit of {limit}")
+    if end > view.nbytes:
         raise WireFormatError("payload is truncated inside the manifest")
     raw = view[HEADER.size : end]
     if crc32(raw) != crc:
         raise WireFormatError("manifest checksum mismatch")
-    text = _inflate(raw) if flags & FLAG_DEFLATED_MANIFEST else bytes(raw)
+    text = _inflate(raw, limit) if flags & FLAG_DEFLATED_MANIFEST else bytes(raw)
     try:
         manifest = Manifest.model_validate_json(text)
     except ValidationError as exc:
@@ -138,14 +150,25 @@ def _manifest(view: memoryview) -> tuple[Manifest, int]:
     return manifest, end
 
 
-def parse_update(payload: bytes | bytearray | memoryview) -> WireUpdate:
-    """Check a payload's header, manifest and checksums; the tensors stay views into it."""
+def parse_update(
+    payload: bytes | bytearray | memoryview,
+    *,
+    max_manifest_bytes: int = MAX_MANIFEST_BYTES,
+    expect: Callable[[Manifest], None] | None = None,
+) -> WireUpdate:
+    """Check a payload's header, manifest and checksums; the tensors stay views into it.
+
+    ``max_manifest_bytes`` bounds the manifest before and after inflating; ``expect`` sees
+    the parsed manifest before any tensor byte is read (the server checks it against the
+    global model's layout there, so a payload claiming other tensors costs nothing more)."""
     try:
         view = memoryview(payload).cast("B")
     except (TypeError, ValueError):
         raise WireFormatError("payload is not a contiguous byte buffer") from None
-    manifest, offset = _manifest(view)
+    manifest, offset = _manifest(view, min(max_manifest_bytes, MAX_MANIFEST_BYTES))
     stages = check_manifest(manifest)
+    if expect is not None:
+        expect(manifest)
     total = offset + sum(entry.data_bytes for entry in manifest.tensors)
     if total != view.nbytes:
         state = "truncated" if total > view.nbytes else "followed by stray bytes"
@@ -174,4 +197,4 @@ def parse_update(payload: bytes | bytearray | memoryview) -> WireUpdate:
             values=data[cuts[2] : cuts[3]],
         )
         offset += entry.data_bytes
-    return WireUpdate(stages, tensors, view.nbytes)
+    return WireUpdate(stages, tensors, view.nbytes, manifest.num_examples)

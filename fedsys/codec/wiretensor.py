@@ -26,10 +26,16 @@ CHUNK_ELEMENTS = 1 << 19  # 4 MiB of float64 scratch: aggregation measured faste
 NUMPY_CODES = {"f32": "<f4", "fp16": "<f2", "int8": "i1", "int4": "u1"}
 
 
+MAX_CODE = {"int8": 128, "int4": 8}  # largest code magnitude a payload can hold (-128, -8)
+
+
 @dataclass(frozen=True)
 class TensorStats:
+    """What the server checks of a tensor's decoded values before they count."""
+
     finite: bool
     sum_of_squares: float
+    max_abs: float  # the largest decoded magnitude (block-quantized: an upper bound)
 
 
 @dataclass(frozen=True)
@@ -146,37 +152,51 @@ class WireTensor:
             wide[full:].mul_(scales[b0 + full // bs])
 
     def stats(self, *, need_norm: bool = True) -> TensorStats:
-        """Finiteness and sum of squares of the decoded float values (raw tensors: 0).
+        """Finiteness, largest magnitude and sum of squares of the decoded values.
 
-        Cheap where it can be: block-quantized codes are integers, so such a tensor is finite
-        exactly when its scales are, and it is only decoded when the norm is needed. Plain
-        float values are checked with one float32 dot product per chunk, which is inf or NaN
-        exactly when a value is (or when the squares overflow float32, also refused).
+        Cheap where it can be: block-quantized codes are integers, so such a tensor's values
+        are bounded by ``max|scale| * max|code|`` up front (finite exactly when the scales
+        are, and checked against the dtype before anything is summed); it is only decoded when
+        the norm is needed. Plain float values are read once per chunk for their extremes
+        (NaN propagates through the maximum) and, when asked, one dot product for the norm.
+        Raw integer tensors report their largest magnitude and a sum of squares of 0.
         """
         if not self.is_float:
-            return TensorStats(True, 0.0)
+            return self._raw_stats()
         e = self.entry
         if e.encoding in ("int8", "int4"):
             scales = np.frombuffer(self.scales, dtype="<f4")
-            if not bool(np.isfinite(scales).all()):
-                return TensorStats(False, float("nan"))
+            with np.errstate(over="ignore", invalid="ignore"):
+                top = float(np.max(np.abs(scales))) * MAX_CODE[e.encoding] if scales.size else 0.0
+            if not math.isfinite(top):
+                return TensorStats(False, float("nan"), top)
             if not need_norm:
-                return TensorStats(True, 0.0)
-            total = 0.0
-            for _, chunk in self.float_chunks():
-                total += float(torch.dot(chunk, chunk))
-            return TensorStats(True, total)
-        total = 0.0
+                return TensorStats(True, 0.0, top)
+            total = _sum_of_squares(chunk.numpy() for _, chunk in self.float_chunks())
+            return TensorStats(math.isfinite(total), total, top)
         codes = np.frombuffer(self.values, dtype=NUMPY_CODES[e.encoding])
+        top = 0.0
         for start in range(0, e.count, CHUNK_ELEMENTS):
             part = codes[start : start + CHUNK_ELEMENTS]
-            if part.dtype != np.float32:
-                part = part.astype(np.float32)
-            with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN is the answer
-                total += float(np.dot(part, part))
-        if not math.isfinite(total):
-            return TensorStats(False, float("nan"))
-        return TensorStats(True, total)
+            with np.errstate(over="ignore", invalid="ignore"):
+                hi, lo = float(np.max(part)), float(np.min(part))
+            if math.isnan(hi) or math.isnan(lo):  # NaN propagates through max and min
+                return TensorStats(False, float("nan"), float("nan"))
+            top = max(top, hi, -lo)
+        if not math.isfinite(top):
+            return TensorStats(False, float("nan"), top)
+        if not need_norm:
+            return TensorStats(True, 0.0, top)
+        parts = (codes[a : a + CHUNK_ELEMENTS] for a in range(0, e.count, CHUNK_ELEMENTS))
+        total = _sum_of_squares(parts)
+        return TensorStats(math.isfinite(total), total, top)
+
+    def _raw_stats(self) -> TensorStats:
+        if not self.entry.count or self.entry.dtype == "bool":
+            return TensorStats(True, 0.0, float(self.entry.count > 0))
+        values = self.raw()
+        top = max(abs(int(values.max())), abs(int(values.min())))
+        return TensorStats(True, 0.0, float(top))
 
     def to_tensor(self) -> torch.Tensor:
         """The whole decoded tensor, in its original shape and dtype."""
@@ -190,6 +210,21 @@ class WireTensor:
             for start, chunk in self.float_chunks():
                 out[start : start + chunk.numel()].copy_(chunk)
         return out.to(TORCH_DTYPES[self.entry.dtype]).reshape(self.shape)
+
+
+def _sum_of_squares(parts: Iterator[np.ndarray]) -> float:
+    """Sum of squares over float chunks: a float32 dot per chunk, redone in float64 where
+    float32 overflows (large but finite values are legal; their squares may not fit)."""
+    total = 0.0
+    for part in parts:
+        values = part if part.dtype == np.float32 else part.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            square = float(np.dot(values, values))
+        if not math.isfinite(square):
+            wide = values.astype(np.float64)
+            square = float(np.dot(wide, wide))
+        total += square
+    return total
 
 
 def read_only_tensor(values: np.ndarray) -> torch.Tensor:

@@ -1,16 +1,23 @@
 """Receive one round's replies as they arrive: validate, decode, and add them up.
 
 Each reply is checked before it counts (sender, signature, round and run, frames, layout,
-finite values, norm, size; see ``fedsys.codec.validate``). For the linear strategies
+decoded values finite and representable, norm, size; see ``fedsys.codec.validate``; the
+weight read from inside the payload, the metrics finite; see ``fedsys.server.weights``), then
+judged by the adaptive norm bound (``fedsys.server.norm_bound``). For the linear strategies
 (FedAvg, FedProx, FedAvgM and the FedOpt family) the decoded delta goes straight into a
 preallocated running sum, so the server holds O(model) memory whatever the number of clients;
 the strategy then receives a single reply carrying ``global + weighted mean delta`` with the
 total weight, which its weighted average returns unchanged. Robust strategies and the DP
 wrappers need every update, so those are decoded to dense weights, one per client.
+
+Updates above the previous round's norm bound (all of them in a run's first round) wait, as
+their validated payloads, until the round's replies are all in and its own median norm is
+known (see ``fedsys.server.norm_bound``).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,11 +27,23 @@ import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from fedsys.codec import StreamingSum, UpdatePolicy, decode_update, template_from, validate_update
+from fedsys.codec.limits import PayloadLimits
+from fedsys.codec.validate import CheckedUpdate
+from fedsys.config import DefenseConfig
 from fedsys.crypto import AggregatorKeys, RoundBinding
 from fedsys.errors import CodecError, InvalidUpdate
 from fedsys.protocol import PAYLOAD_KEY, record_nbytes, record_number
+from fedsys.server.norm_bound import NormBound
+from fedsys.server.weights import (
+    AVERAGED_METRICS,
+    checked_metrics,
+    checked_weight,
+    strategy_metrics,
+)
 
-AVERAGED_METRICS = ("train_loss", "train_seconds", "encode_seconds")
+log = logging.getLogger("fedsys")
+
+__all__ = ["AVERAGED_METRICS", "ReceivedUpdate", "Rejection", "RoundCollector", "RoundResult"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,21 @@ class RoundResult:
     metrics: dict[str, float] = field(default_factory=dict)
     # Streaming rounds: ``global + weighted mean delta``, what FedAvg/FedProx would return.
     mean_weights: dict[str, np.ndarray] | None = None
+    # L2 norms of the accepted updates (when measured): the next round's norm reference.
+    accepted_norms: list[float] = field(default_factory=list)
+    clipped: int = 0  # updates scaled down to the norm bound (defense.norm_action=clip)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A reply that passed every check but the norm bound."""
+
+    node_id: int
+    msg: Message
+    checked: CheckedUpdate
+    weight: float
+    metrics: dict[str, float]
+    nbytes: int
 
 
 class RoundCollector:
@@ -70,19 +104,31 @@ class RoundCollector:
         client_ids: Mapping[int, str],
         keep_stragglers: bool,
         streaming: bool,
+        defense: DefenseConfig | None = None,
+        norm_bound: NormBound | None = None,
+        declared_examples: Mapping[int, int] | None = None,
     ) -> None:
         self._global = global_arrays
         self._template = template_from(global_arrays)
+        self._limits = PayloadLimits.for_model(self._template)
+        self._defense = defense or DefenseConfig(norm_bound="none")
+        self._bound = norm_bound or NormBound(self._defense)
+        if self._bound.enabled and not policy.measure_norm:
+            policy = policy.model_copy(update={"measure_norm": True})
         self._policy = policy
         self._binding = binding
         self._keys = keys
         self._client_ids = client_ids
+        self._declared = declared_examples or {}
         self._keep_stragglers = keep_stragglers
         self._sum = StreamingSum(self._template) if streaming else None
         self._dense: list[tuple[int, Message]] = []
+        self._waiting: list[Candidate] = []  # above the previous bound: decided in finish()
+        self._norms: list[float] = []  # every validated update's norm: the round's median
         self._first: Message | None = None
         self._seen: set[int] = set()
         self._metric_sums = dict.fromkeys(AVERAGED_METRICS, 0.0)
+        self._total_weight = 0.0
         self.result = RoundResult(for_strategy=[], accepted=0)
 
     def offer(self, msg: Message) -> None:
@@ -96,14 +142,12 @@ class RoundCollector:
         try:
             record = msg.content.config_records.get("update")
             if record is None:
-                raise InvalidUpdate(node_id, "reply carries no 'update' record")
+                raise InvalidUpdate(node_id, self._missing_update_reason())
             nbytes = record_nbytes(record)
             metrics = _single_metrics(node_id, msg.content)
-            weight = record_number(metrics, "num-examples")
-            if weight <= 0:
-                raise InvalidUpdate(node_id, f"num-examples must be positive, got {weight}")
             if node_id in self._seen:
                 raise InvalidUpdate(node_id, "second update from this node in the same round")
+            self._seen.add(node_id)
             if not self._keep_stragglers and record_number(metrics, "straggler", 0) > 0:
                 self.result.stragglers_dropped += 1
                 self.result.received.append(ReceivedUpdate(node_id, nbytes, accepted=False))
@@ -115,29 +159,82 @@ class RoundCollector:
                 keys=self._keys,
                 expect=self._binding(node_id),
                 client_id=self._client_ids.get(node_id),
+                limits=self._limits,
             )
-            if self._sum is not None:
-                self._sum.add(checked.wire, weight)
+            weight = checked_weight(
+                node_id,
+                checked.num_examples,
+                metrics.get("num-examples"),
+                self._weight_cap(node_id),
+                signed=True,
+            )
+            candidate = Candidate(
+                node_id, msg, checked, weight, checked_metrics(node_id, metrics), nbytes
+            )
+            if candidate.checked.norm is not None:
+                self._norms.append(candidate.checked.norm)
+            if self._bound.within_previous(candidate.checked.norm):
+                self._judge(candidate, None)
             else:
-                self._dense.append((node_id, self._as_weights(msg, checked.wire, metrics)))
-        except InvalidUpdate as exc:
+                self._waiting.append(candidate)
+        except (InvalidUpdate, CodecError) as exc:
             self._reject(node_id, exc.reason, nbytes)
-            return
-        except CodecError as exc:
-            self._reject(node_id, exc.reason, nbytes)
-            return
         except (ValueError, TypeError, KeyError) as exc:
             self._reject(node_id, f"malformed reply: {exc}", nbytes)
-            return
+        except Exception as exc:  # a hostile reply must never take the server down
+            log.exception("unexpected error while checking the reply of node %d", node_id)
+            self._reject(node_id, f"reply could not be processed: {type(exc).__name__}", nbytes)
         finally:
             self.result.decode_seconds += time.perf_counter() - start
-        self._seen.add(node_id)
-        self._first = self._first or msg
+
+    def _missing_update_reason(self) -> str:
+        if self._policy.require_envelope:
+            return (
+                "reply carries no 'update' record: this run requires encrypted fedsys updates "
+                "(codec.encrypt), sealed to the aggregator key sent in the train config; "
+                "run fedsys's ClientApp (fedsys.app:client_app) on the node"
+            )
+        return (
+            "reply carries no 'update' record: this run expects fedsys's wire-format delta "
+            f"under update[{PAYLOAD_KEY!r}]; run fedsys's ClientApp (fedsys.app:client_app)"
+        )
+
+    def _weight_cap(self, node_id: int) -> float:
+        declared = self._declared.get(node_id)
+        cap = float(self._defense.max_num_examples)
+        return min(cap, float(declared)) if declared else cap
+
+    def _judge(self, c: Candidate, reference: float | None) -> None:
+        """Apply the norm bound, then count the update (or reject it with the reason)."""
+        verdict = self._bound.decide(c.checked.norm, reference)
+        if not verdict.accepted:
+            self._reject(c.node_id, verdict.reason or "rejected", c.nbytes)
+            return
+        try:
+            if self._sum is not None:
+                self._sum.add(c.checked.wire, c.weight, scale=verdict.scale)
+            else:
+                self._dense.append((c.node_id, self._as_weights(c, verdict.scale)))
+        except CodecError as exc:
+            self._reject(c.node_id, exc.reason, c.nbytes)
+            return
+        if verdict.scale != 1.0:
+            self.result.clipped += 1
+        if c.checked.norm is not None:
+            self.result.accepted_norms.append(c.checked.norm * verdict.scale)
+        self._first = self._first or c.msg
         self.result.accepted += 1
-        self.result.received.append(ReceivedUpdate(node_id, nbytes, accepted=True))
+        self.result.received.append(ReceivedUpdate(c.node_id, c.nbytes, accepted=True))
         for key in AVERAGED_METRICS:
-            self._metric_sums[key] += weight * record_number(metrics, key, 0.0)
-        self._metric_sums["num-examples"] = self._metric_sums.get("num-examples", 0.0) + weight
+            self._metric_sums[key] += c.weight * c.metrics[key]
+        self._total_weight += c.weight
+
+    def _decide_waiting(self, order_key: Callable[[int], tuple[int, int]]) -> None:
+        """Judge the updates held back against the round's own median norm as well."""
+        waiting, self._waiting = self._waiting, []
+        current = NormBound.median(self._norms)
+        for c in sorted(waiting, key=lambda c: order_key(c.node_id)):
+            self._judge(c, current)
 
     def finish(
         self, order_key: Callable[[int], tuple[int, int]], *, build_record: bool = True
@@ -147,7 +244,8 @@ class RoundCollector:
         ``build_record=False`` skips packing a streaming round's mean into the single reply
         (serializing the whole model once more) when the caller uses ``mean_weights`` directly.
         """
-        total = self._metric_sums.get("num-examples", 0.0)
+        self._decide_waiting(order_key)
+        total = self._total_weight
         if total > 0:
             self.result.metrics = {k: self._metric_sums[k] / total for k in AVERAGED_METRICS}
         if self._sum is not None and self._first is not None and self._sum.count:
@@ -157,9 +255,7 @@ class RoundCollector:
                 self._first.content = RecordDict(
                     {
                         "arrays": ArrayRecord({k: Array(v) for k, v in weights.items()}),
-                        "metrics": MetricRecord(
-                            {"num-examples": round(total), **self.result.metrics}
-                        ),
+                        "metrics": strategy_metrics(total, self.result.metrics),
                     }
                 )
                 self.result.for_strategy = [self._first]
@@ -168,15 +264,21 @@ class RoundCollector:
             self.result.for_strategy = [m for _, m in self._dense]
         return self.result
 
-    def _as_weights(self, msg: Message, wire: object, metrics: MetricRecord) -> Message:
-        delta = decode_update(wire)  # type: ignore[arg-type]
-        weights = {
-            k: np.asarray(v + _numpy(delta[k]), dtype=v.dtype) for k, v in self._global.items()
-        }
-        msg.content = RecordDict(
-            {"arrays": ArrayRecord({k: Array(v) for k, v in weights.items()}), "metrics": metrics}
+    def _as_weights(self, c: Candidate, scale: float) -> Message:
+        delta = decode_update(c.checked.wire)
+        weights = {}
+        for k, v in self._global.items():
+            d = _numpy(delta[k])
+            if scale != 1.0 and d.dtype.kind == "f":
+                d = d * np.asarray(scale, dtype=d.dtype)
+            weights[k] = np.asarray(v + d, dtype=v.dtype)
+        c.msg.content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(v) for k, v in weights.items()}),
+                "metrics": strategy_metrics(c.weight, c.metrics),
+            }
         )
-        return msg
+        return c.msg
 
     def _reject(self, node_id: int, reason: str, nbytes: int = 0) -> None:
         self.result.rejected.append(Rejection(node_id, reason))

@@ -45,7 +45,9 @@ from fedsys.protocol import (
 from fedsys.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsys.server.collect import Rejection, RoundCollector, RoundResult
 from fedsys.server.exchange import exchange
+from fedsys.server.finite import non_finite
 from fedsys.server.grid_view import StableOrderGrid
+from fedsys.server.norm_bound import NormBound
 from fedsys.server.plots import plot_curves
 from fedsys.server.progress import Reporter
 from fedsys.server.records import (
@@ -102,13 +104,24 @@ STREAMING_STRATEGIES = frozenset(
 )
 
 
-def _hello(grid: Grid, min_nodes: int, timeout: float) -> dict[int, NodeHello]:
-    """Ask every node who it is; nodes that do not answer stay unknown (and unlabelled)."""
+def _hello(grid: Grid, cfg: ExperimentConfig) -> dict[int, NodeHello]:
+    """Ask every node who it is; nodes that do not answer stay unknown (and unlabelled).
+
+    The query carries the experiment config, so a node can declare how many training
+    examples it holds (the cap on its updates' weight)."""
+    min_nodes, timeout = cfg.strategy.min_available_nodes, cfg.train.timeout
     while len(node_ids := list(grid.get_node_ids())) < min_nodes:
         log.info("waiting for nodes: %d connected, %d needed", len(node_ids), min_nodes)
         time.sleep(1.0)
+    config_json = cfg.to_json()
     queries = [
-        Message(content=RecordDict(), dst_node_id=nid, message_type=MessageType.QUERY)
+        Message(
+            content=RecordDict(
+                {"config": ConfigRecord({CONFIG_KEY: config_json, SEED_KEY: cfg.runtime.seed})}
+            ),
+            dst_node_id=nid,
+            message_type=MessageType.QUERY,
+        )
         for nid in node_ids
     ]
     hellos: dict[int, NodeHello] = {}
@@ -149,6 +162,7 @@ class Aggregated:
     bytes_down_each: int
     secagg: SecAggOutcome | None
     checkpoint: Checkpoint
+    refused: str | None = None  # why the round's aggregate did not become the global model
 
 
 def _fault_injection(rnd: int) -> None:
@@ -221,6 +235,9 @@ class Federation:
         self._run_start = self._round_started = time.perf_counter()
         # Filled by the start-up hello in run(): node -> client id, and the aggregator's keys.
         self.client_ids: dict[int, str] = {}
+        self.declared_examples: dict[int, int] = {}  # node -> training examples it declared
+        # The adaptive norm bound's reference (median accepted norm), carried across rounds.
+        self.norm_bound = NormBound(cfg.defense)
         self.keys: AggregatorKeys | None = None
         # Publishing to the model registry: decided here, written by a background thread.
         self.publisher = (
@@ -250,6 +267,8 @@ class Federation:
         self.rng.bit_generator.state = ckpt.rng_state
         self.round = ckpt.round
         self.elapsed_before = float(ckpt.extra.get("wall_seconds", 0.0))
+        reference = ckpt.extra.get("norm_reference")
+        self.norm_bound.reference = float(reference) if reference is not None else None
         self.resumed_from = ckpt.round
         kept = truncate_rounds(self.paths.metrics, ckpt.round)
         if self.publisher is not None and kept:
@@ -262,9 +281,12 @@ class Federation:
         dump_config(self.cfg, self.paths.config)
         if self.resumed_from is None and self.round == 0:
             self.paths.metrics.write_text("")
-        hellos = _hello(self.grid, self.cfg.strategy.min_available_nodes, self.cfg.train.timeout)
+        hellos = _hello(self.grid, self.cfg)
         grid = StableOrderGrid(self.grid, {n: h.partition_id for n, h in hellos.items()})
         self.client_ids = {n: h.client_id for n, h in hellos.items()}
+        self.declared_examples = {
+            n: h.num_examples for n, h in hellos.items() if h.num_examples is not None
+        }
         self.keys = (
             AggregatorKeys(
                 self.exchange_key,
@@ -337,6 +359,9 @@ class Federation:
                 client_ids=self.client_ids,
                 keep_stragglers=self.cfg.strategy.keeps_stragglers,
                 streaming=self.streaming,
+                defense=self.cfg.defense,
+                norm_bound=self.norm_bound,
+                declared_examples=self.declared_examples,
             )
             silent = exchange(
                 grid,
@@ -346,12 +371,13 @@ class Federation:
                 after_push=self._complete_pending,
             )
             result = collector.finish(grid.order_key, build_record=not self.mean_is_final)
+            self.norm_bound.end_round(result.accepted_norms)
             for node in silent:
                 result.rejected.append(Rejection(node, "no reply within train.timeout"))
         self._complete_pending()  # when no message went out
         for rej in result.rejected:
             log.warning("round %d: update from node %d rejected: %s", rnd, rej.node_id, rej.reason)
-        self._aggregate(rnd, result)
+        refused = self._aggregate(rnd, result)
         elapsed = self.elapsed_before + time.perf_counter() - self._run_start
         return Aggregated(
             round=rnd,
@@ -362,6 +388,7 @@ class Federation:
             bytes_down_each=bytes_down_each,
             secagg=secagg,
             checkpoint=self._snapshot(elapsed),
+            refused=refused,
         )
 
     def _complete_pending(self) -> None:
@@ -408,6 +435,8 @@ class Federation:
             secagg_seconds=secagg.seconds if secagg else None,
             dropped_after_masking=secagg.dropped_after_masking if secagg else None,
             secagg_aborted=secagg.aborted if secagg else None,
+            clipped=result.clipped,
+            aggregation_refused=agg.refused,
         )
         self._publish(record, agg.model)
         append_round(self.paths.metrics, record)
@@ -449,8 +478,12 @@ class Federation:
                     config_record[GLOBAL_KEY] = payload
         return len(payload)
 
-    def _aggregate(self, rnd: int, result: RoundResult) -> None:
-        """Hand the accepted updates to the strategy; keep the model if too few or it fails."""
+    def _aggregate(self, rnd: int, result: RoundResult) -> str | None:
+        """Hand the accepted updates to the strategy; keep the model if too few or it fails.
+
+        Returns why the round's model was refused, if it was: whatever the replies held, a
+        non-finite model never replaces the global one (the strategy's state is put back too).
+        """
         if result.accepted < self.cfg.strategy.min_accepted:
             log.warning(
                 "round %d: %d update(s) accepted, strategy.min_accepted is %d; "
@@ -459,20 +492,30 @@ class Federation:
                 result.accepted,
                 self.cfg.strategy.min_accepted,
             )
-            return
+            return None
+        before = export_state(self.strategy)  # references: strategies replace, not mutate
         if self.mean_is_final and result.mean_weights is not None:
-            self.global_arrays = result.mean_weights  # what FedAvg/FedProx would return
-            return
-        try:
-            agg_arrays, _ = self.strategy.aggregate_train(rnd, result.for_strategy)
-        except (ValueError, ArithmeticError) as exc:
-            log.warning("round %d: aggregation failed (%s); global model unchanged", rnd, exc)
-            return
-        if agg_arrays is not None:
-            self.global_arrays = {
+            candidate = result.mean_weights  # what FedAvg/FedProx would return
+        else:
+            try:
+                agg_arrays, _ = self.strategy.aggregate_train(rnd, result.for_strategy)
+            except Exception as exc:  # the round fails, the run goes on
+                log.warning("round %d: aggregation failed (%s); global model unchanged", rnd, exc)
+                import_state(self.strategy, *before)
+                return f"aggregation failed: {type(exc).__name__}: {exc}"
+            if agg_arrays is None:
+                return None
+            candidate = {
                 k: np.asarray(v.numpy(), dtype=self.global_arrays[k].dtype)
                 for k, v in agg_arrays.items()
             }
+        problem = non_finite(candidate)
+        if problem is not None:
+            import_state(self.strategy, *before)
+            log.warning("round %d: %s; the global model stays as it was", rnd, problem)
+            return problem
+        self.global_arrays = candidate
+        return None
 
     def _snapshot(self, wall_seconds: float) -> Checkpoint:
         """This round's state, to be written once the round is recorded.
@@ -487,7 +530,7 @@ class Federation:
             strategy_arrays=strategy_arrays,
             strategy_state=strategy_state,
             rng_state=dict(self.rng.bit_generator.state),
-            extra={"wall_seconds": wall_seconds},
+            extra={"wall_seconds": wall_seconds, "norm_reference": self.norm_bound.reference},
         )
 
     def _write_checkpoint(self, ckpt: Checkpoint) -> None:

@@ -14,9 +14,14 @@ class RejectedUpdate(BaseModel):
 
 
 class RoundRecord(BaseModel):
-    """One line of metrics.jsonl."""
+    """One line of metrics.jsonl.
 
-    model_config = ConfigDict(extra="allow")
+    Non-finite floats (a diverged loss) are written as the JSON strings "NaN", "Infinity" and
+    "-Infinity" and read back as floats, so every value a run can produce round-trips and a
+    poisoned round never makes the file unreadable (or the run unresumable).
+    """
+
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="strings")
 
     round: int
     central_accuracy: float
@@ -38,10 +43,14 @@ class RoundRecord(BaseModel):
     dropped_after_masking: int | None = None  # secagg: masks removed through their shares
     secagg_aborted: str | None = None  # secagg: why the round could not be unmasked
     published_version: int | None = None  # registry version this round's model was queued as
+    clipped: int = 0  # updates scaled down to the norm bound (defense.norm_action=clip)
+    aggregation_refused: str | None = None  # why the round's aggregate was not taken
 
 
 class RunSummary(BaseModel):
     """summary.json."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
 
     name: str
     strategy: str
@@ -82,4 +91,5 @@ def append_round(path: Path, record: RoundRecord) -> None:
 
 
 def write_json(path: Path, model: BaseModel) -> None:
-    path.write_text(json.dumps(model.model_dump(mode="json"), indent=2) + "\n")
+    """Indented JSON; non-finite floats as strings, as ``model_dump_json`` writes them."""
+    path.write_text(json.dumps(json.loads(model.model_dump_json()), indent=2) + "\n")

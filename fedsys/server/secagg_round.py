@@ -25,14 +25,13 @@ from flwr.app import (
     ConfigRecord,
     Message,
     MessageType,
-    MetricRecord,
     RecordDict,
 )
 from flwr.serverapp import Grid
 from pydantic import ValidationError
 
 from fedsys.config import ExperimentConfig
-from fedsys.errors import SecAggAborted, SecAggError, SecAggMessageInvalid
+from fedsys.errors import InvalidUpdate, SecAggAborted, SecAggError, SecAggMessageInvalid
 from fedsys.protocol import record_nbytes, record_number
 from fedsys.secagg.fixedpoint import FixedPoint
 from fedsys.secagg.layout import FlatLayout
@@ -50,8 +49,14 @@ from fedsys.secagg.messages import (
     unpack_map,
 )
 from fedsys.secagg.server import SecAggServer
-from fedsys.server.collect import AVERAGED_METRICS, ReceivedUpdate, Rejection, RoundResult
+from fedsys.server.collect import ReceivedUpdate, Rejection, RoundResult
 from fedsys.server.exchange import exchange
+from fedsys.server.weights import (
+    AVERAGED_METRICS,
+    checked_metrics,
+    checked_weight,
+    strategy_metrics,
+)
 
 log = logging.getLogger("fedsys")
 
@@ -101,7 +106,8 @@ class SecAggRound:
         )
         self.run_id = run_id
         self.result = RoundResult(for_strategy=[], accepted=0)
-        self.metrics: dict[int, MetricRecord] = {}
+        # node -> (checked weight, checked averaged metrics), from its advert's MetricRecord
+        self.metrics: dict[int, tuple[float, dict[str, float]]] = {}
         self.nbytes: dict[int, int] = {}
         self.server: SecAggServer | None = None
         self.last_reply: Message | None = None
@@ -230,14 +236,22 @@ class SecAggRound:
             {k: record.get(k) for k in ("c_pk", "s_pk", "b_commit")}, strict=True
         )
         metrics = reply.content.metric_records["metrics"]
-        weight = record_number(metrics, "num-examples")
-        if weight <= 0:
-            raise SecAggMessageInvalid(node, f"num-examples must be positive, got {weight}")
+        try:  # the weight only averages metrics here (the masked mean counts clients equally)
+            weight = checked_weight(
+                node,
+                None,
+                metrics.get("num-examples"),
+                float(self.cfg.defense.max_num_examples),
+                signed=False,
+            )
+            averaged = checked_metrics(node, metrics)
+        except InvalidUpdate as exc:
+            raise SecAggMessageInvalid(node, exc.reason) from None
         if not self.keep_stragglers and record_number(metrics, "straggler", 0) > 0:
             self.result.stragglers_dropped += 1
             return  # leaves the round before any mask involves it
         self.server.add_advert(node, advert)
-        self.metrics[node] = metrics
+        self.metrics[node] = (weight, averaged)
 
     def _on_shares(self, node: int, reply: Message) -> None:
         assert self.server is not None
@@ -268,14 +282,9 @@ class SecAggRound:
     ) -> None:
         """One reply holding ``global + mean delta`` and the summed weight, as in plain rounds."""
         counted = sorted(counted)
-        total = sum(record_number(self.metrics[n], "num-examples") for n in counted)
+        total = sum(self.metrics[n][0] for n in counted)
         averaged = {
-            key: sum(
-                record_number(self.metrics[n], "num-examples")
-                * record_number(self.metrics[n], key, 0.0)
-                for n in counted
-            )
-            / total
+            key: sum(self.metrics[n][0] * self.metrics[n][1][key] for n in counted) / total
             for key in AVERAGED_METRICS
         }
         weights = self.layout.add_to(self.global_arrays, mean)
@@ -287,7 +296,7 @@ class SecAggRound:
             reply.content = RecordDict(
                 {
                     "arrays": ArrayRecord({k: Array(v) for k, v in weights.items()}),
-                    "metrics": MetricRecord({"num-examples": round(total), **averaged}),
+                    "metrics": strategy_metrics(total, averaged),
                 }
             )
             self.result.for_strategy = [reply]
