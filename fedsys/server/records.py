@@ -38,6 +38,7 @@ class RoundRecord(BaseModel):
     dropped_after_masking: int | None = None  # secagg: masks removed through their shares
     secagg_aborted: str | None = None  # secagg: why the round could not be unmasked
     published_version: int | None = None  # registry version this round's model was queued as
+    publish_gap: str | None = None  # a resume found this round's version lost: what and why
 
 
 class RunSummary(BaseModel):
