@@ -296,17 +296,21 @@ class RunFollower:
     def _start(self) -> None:
         wait_reachable(self.settings.dial_address, timeout=60.0, alive=self._superlink_alive)
         emit(COMPONENT, "superlink_reachable", address=self.settings.dial_address)
-        if self.settings.node_auth:
+        # After a SuperLink restart its database still holds the registered nodes (and
+        # shows them online until their heartbeat expires): the ServerApp's own wait for
+        # nodes is the one that counts, so the restart goes straight to the new run.
+        restart = self.lost_run is not None
+        if self.settings.node_auth and not restart:
             register_nodes(self.cli, self.settings.node_keys)
-        if self.lost_run is not None:
-            self._stop_lost_run(self.lost_run)
-        if self.settings.wait_for_nodes:
+        if self.settings.wait_for_nodes and not restart:
             self._wait_for_nodes(self.settings.wait_for_nodes)
         project = write_project(self.settings, resume=self.resume)
         self.run_id = submit_run(self.cli, project)
         emit(COMPONENT, "run_submitted", run_id=self.run_id, resume=self.resume)
         self.submitted_at = time.time()
         self.next_check = time.monotonic() + STATUS_EVERY
+        if self.lost_run is not None:
+            self._stop_lost_run(self.lost_run)
 
     def _stop_lost_run(self, run_id: str) -> None:
         """The dead SuperLink's run stays 'running' in its database: stop it, so it is never
