@@ -34,7 +34,7 @@ from fedsys.deploy.lifetime import marked_processes
 pytestmark = pytest.mark.deployment
 
 TEST_DEADLINE = 240.0  # seconds per fault scenario (they take about a minute each)
-ROUNDS = 6
+ROUNDS = 5
 
 
 @dataclass
@@ -264,7 +264,7 @@ def test_server_tree_sigkilled_and_resumed(fleet: Fleet) -> None:
     settings = fleet.server_settings("tree")
     server, server_out = fleet.start_server(settings, "server-tree")
     out = fleet.root / "out-tree"
-    wait_for("three rounds", lambda: last_round(out) >= 3, deadline, fleet.procs, poll=0.05)
+    wait_for("two rounds", lambda: last_round(out) >= 2, deadline, fleet.procs, poll=0.05)
     at_kill, killed = last_round(out), time.monotonic()
     fleet.procs.kill_tree(server, server_out)  # the machine's view: everything at once
     assert server_leftovers(fleet) == []
