@@ -5,6 +5,9 @@ authentication key and starts a ``flwr-clientapp`` process per message; the feds
 in there hands the work to the warm trainer over a private Unix socket (see
 :mod:`fedsys.deploy.worker`). Both children are restarted with backoff when they exit (a
 SuperLink restart makes the SuperNode exit or retry), and SIGTERM stops both and exits 0.
+Children die with the daemon and a second daemon on the same state directory is refused
+(:mod:`fedsys.deploy.lifetime`); lost and regained SuperLink connections are logged
+(:mod:`fedsys.deploy.connection`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import sys
 from pathlib import Path
 
 from fedsys.crypto.keys import read_secret_file, read_signing_key
+from fedsys.deploy.connection import ConnectionWatch
 from fedsys.deploy.layout import check_client_id
+from fedsys.deploy.lifetime import DaemonConflict, Lifetime, check_port_free, terminate
 from fedsys.deploy.settings import ClientSettings
 from fedsys.deploy.supervise import Child, Supervisor, emit
 from fedsys.deploy.thin_client import WORKER_SOCKET
@@ -109,7 +114,7 @@ def check_files(settings: ClientSettings) -> None:
         raise FileNotFoundError(f"data_path {settings.data_path} is missing")
 
 
-def build_supervisor(settings: ClientSettings) -> Supervisor:
+def build_supervisor(settings: ClientSettings, lifetime: Lifetime | None = None) -> Supervisor:
     env = child_env()
     logs = settings.state_dir / "logs"
     children: list[Child] = []
@@ -118,7 +123,8 @@ def build_supervisor(settings: ClientSettings) -> Supervisor:
         worker_argv = [sys.executable, "-m", "fedsys.deploy.worker"]
         worker_argv += ["--socket", str(socket_path(settings))]
         children.append(Child("worker", worker_argv, env, logs / "worker.log"))
-    children.append(Child("supernode", supernode_argv(settings), env, logs / "supernode.log"))
+    supernode = Child("supernode", supernode_argv(settings), env, logs / "supernode.log")
+    children.append(supernode)
     if settings.fast_tasks:
         runner_argv = [sys.executable, "-m", "fedsys.deploy.task_runner"]
         runner_argv += ["--runtime-api-address", runtime_address(settings)]
@@ -129,23 +135,53 @@ def build_supervisor(settings: ClientSettings) -> Supervisor:
         settings.backoff,
         stop_timeout=settings.stop_timeout,
         refused_limit=settings.refused_limit,
+        on_tick=ConnectionWatch(COMPONENT, supernode).tick,
+        lifetime=lifetime,
     )
+
+
+def claim_state_dir(settings: ClientSettings) -> Lifetime:
+    """Own ``state_dir``: refuse a second live daemon on it, stop what an earlier instance
+    left running, and refuse a runtime port held by anything else."""
+    lifetime = Lifetime(settings.state_dir, COMPONENT)
+    previous = lifetime.acquire()
+    stale = lifetime.stale()
+    if stale:
+        emit(
+            COMPONENT,
+            "stale_processes",
+            previous_instance=previous.get("instance"),
+            processes=[f"{p.pid}:{p.name}" for p in stale],
+            action="stopping",
+        )
+        terminate(stale, grace=settings.stop_timeout)
+    try:
+        check_port_free("127.0.0.1", settings.runtime_port)
+    except DaemonConflict:
+        lifetime.release()
+        raise
+    return lifetime
 
 
 def run_client(settings: ClientSettings) -> int:
     """Run until SIGTERM (0) or until the SuperLink keeps refusing this node (3)."""
     check_files(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    supervisor = build_supervisor(settings)
-    emit(
-        COMPONENT,
-        "starting",
-        client_id=settings.client_id,
-        superlink=settings.superlink,
-        tls=not settings.insecure,
-        node_auth=settings.auth_key is not None,
-        warm_worker=settings.warm_worker,
-        fast_tasks=settings.fast_tasks,
-        supernode=shlex.join(supernode_argv(settings)[:3]),
-    )
-    return supervisor.run()
+    lifetime = claim_state_dir(settings)
+    try:
+        supervisor = build_supervisor(settings, lifetime)
+        emit(
+            COMPONENT,
+            "starting",
+            client_id=settings.client_id,
+            superlink=settings.superlink,
+            tls=not settings.insecure,
+            node_auth=settings.auth_key is not None,
+            warm_worker=settings.warm_worker,
+            fast_tasks=settings.fast_tasks,
+            supernode=shlex.join(supernode_argv(settings)[:3]),
+            instance=lifetime.instance,
+        )
+        return supervisor.run()
+    finally:
+        lifetime.release()

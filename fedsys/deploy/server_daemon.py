@@ -1,11 +1,14 @@
 """``fedsys server``: a Flower SuperLink with TLS and node authentication, and the fedsys run.
 
-Steps, each logged as one JSON line: start ``flower-superlink`` (or use a running one), wait
-until it accepts connections, register the allowed SuperNodes' public keys, submit the fedsys
+Steps, each logged as one JSON line: claim the state directory (see
+:mod:`fedsys.deploy.lifetime`), start ``flower-superlink`` (or use a running one), wait until
+it accepts connections, register the allowed SuperNodes' public keys, submit the fedsys
 ServerApp with ``flwr run`` (runtime dependency installation off), and follow the run until it
-finishes. The ``flwr`` CLI is driven through a private ``FLWR_HOME`` under the state directory
-whose ``config.toml`` holds one connection, ``fedsys``; the same home works for ``flwr ls``,
-``flwr log`` and ``flwr stop`` by hand (``FLWR_HOME=<state>/flwr-home flwr ls fedsys``).
+finishes. A SuperLink that dies is restarted with backoff (``superlink_restart_limit`` quick
+restarts in a row at most) and a new run resumes from the last checkpoint. The ``flwr`` CLI
+is driven through a private ``FLWR_HOME`` under the state directory whose ``config.toml``
+holds one connection, ``fedsys``; the same home works for ``flwr ls``, ``flwr log`` and
+``flwr stop`` by hand (``FLWR_HOME=<state>/flwr-home flwr ls fedsys``).
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fedsys.config import ExperimentConfig, load_config
 from fedsys.deploy.client_daemon import _bin, child_env, toml_value
-from fedsys.deploy.settings import Backoff, ServerSettings
+from fedsys.deploy.lifetime import DaemonConflict, Lifetime, check_port_free, terminate
+from fedsys.deploy.settings import ServerSettings
 from fedsys.deploy.supervise import Child, Supervisor, emit
 from fedsys.errors import ConfigError, FedsysError
 
@@ -160,13 +165,25 @@ class FlwrCli:
         return data
 
 
-def wait_reachable(address: str, timeout: float) -> None:
-    """Until a TCP connection to ``address`` succeeds (the SuperLink is listening)."""
+class SuperLinkGone(DeployError):
+    """The SuperLink this daemon started exited; the supervisor restarts it."""
+
+
+def wait_reachable(address: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
+    """Until a TCP connection to ``address`` succeeds (the SuperLink is listening).
+
+    ``alive`` says whether the SuperLink we started still runs: a listener found while it
+    is dead belongs to someone else and is never used.
+    """
     host, _, port = address.rpartition(":")
     deadline = time.monotonic() + timeout
     while True:
+        if not alive():
+            raise SuperLinkGone(f"the SuperLink exited before {address} accepted connections")
         try:
             with socket.create_connection((host.strip("[]"), int(port)), timeout=2.0):
+                if not alive():
+                    raise SuperLinkGone(f"the SuperLink exited; {address} answers for another")
                 return
         except OSError as exc:
             if time.monotonic() > deadline:
@@ -221,46 +238,95 @@ def validate_experiment(settings: ServerSettings) -> ExperimentConfig:
 
 
 class RunFollower:
-    """The steps after the SuperLink is up, driven from the supervisor's loop."""
+    """The steps after the SuperLink is up, driven from the supervisor's loop.
+
+    When the supervised SuperLink dies, the supervisor stops what it left running (SuperExec,
+    the ServerApp) and starts a new one after a backoff; the follower then stops the old
+    run, registers the nodes again and submits a new run that resumes from the checkpoint.
+    """
 
     def __init__(
-        self, settings: ServerSettings, cli: FlwrCli, supervisor: Supervisor, *, resume: bool
+        self,
+        settings: ServerSettings,
+        cli: FlwrCli,
+        supervisor: Supervisor,
+        *,
+        resume: bool,
+        superlink: Child | None = None,
     ) -> None:
         self.settings = settings
         self.cli = cli
         self.supervisor = supervisor
         self.resume = resume
+        self.superlink = superlink
+        self.generation = superlink.generation if superlink else 0
         self.run_id: str | None = None
+        self.lost_run: str | None = None  # the run of a SuperLink that died
         self.status = ""
         self.next_check = 0.0
         self.submitted_at = 0.0
 
+    def _superlink_alive(self) -> bool:
+        if self.superlink is None:
+            return True
+        return self.superlink.proc is not None and self.superlink.proc.poll() is None
+
     def tick(self) -> None:
+        if self.superlink is not None and self.superlink.generation != self.generation:
+            restarted = self.generation != 0  # 0: the first start, seen at the first tick
+            self.generation = self.superlink.generation
+            if restarted:
+                self.lost_run = self.run_id or self.lost_run
+                emit(COMPONENT, "superlink_restarted", lost_run=self.lost_run, resume=True)
+                self.run_id, self.status, self.resume = None, "", True
+        if not self._superlink_alive():
+            return  # the supervisor restarts it (or gives up)
         try:
             if self.run_id is None:
                 self._start()
             elif time.monotonic() >= self.next_check or self._summary_written():
                 self._follow()
         except FedsysError as exc:
+            if isinstance(exc, SuperLinkGone) or not self._superlink_alive():
+                emit(COMPONENT, "superlink_lost", step="follow", error=str(exc))
+                return
             emit(COMPONENT, "failed", error=str(exc))
             self.supervisor.finish(1)
 
     def _start(self) -> None:
-        wait_reachable(self.settings.dial_address, timeout=60.0)
+        wait_reachable(self.settings.dial_address, timeout=60.0, alive=self._superlink_alive)
         emit(COMPONENT, "superlink_reachable", address=self.settings.dial_address)
-        if self.settings.node_auth:
+        # After a SuperLink restart its database still holds the registered nodes (and
+        # shows them online until their heartbeat expires): the ServerApp's own wait for
+        # nodes is the one that counts, so the restart goes straight to the new run.
+        restart = self.lost_run is not None
+        if self.settings.node_auth and not restart:
             register_nodes(self.cli, self.settings.node_keys)
-        if self.settings.wait_for_nodes:
+        if self.settings.wait_for_nodes and not restart:
             self._wait_for_nodes(self.settings.wait_for_nodes)
         project = write_project(self.settings, resume=self.resume)
         self.run_id = submit_run(self.cli, project)
         emit(COMPONENT, "run_submitted", run_id=self.run_id, resume=self.resume)
         self.submitted_at = time.time()
         self.next_check = time.monotonic() + STATUS_EVERY
+        if self.lost_run is not None:
+            self._stop_lost_run(self.lost_run)
+
+    def _stop_lost_run(self, run_id: str) -> None:
+        """The dead SuperLink's run stays 'running' in its database: stop it, so it is never
+        started again; its ServerApp is gone already (the supervisor made sure)."""
+        try:
+            self.cli("stop", run_id, CONNECTION, timeout=30.0)
+            emit(COMPONENT, "lost_run_stopped", run_id=run_id)
+        except DeployError as exc:
+            emit(COMPONENT, "lost_run_stopped", run_id=run_id, note=str(exc)[-200:])
+        self.lost_run = None
 
     def _wait_for_nodes(self, wanted: int) -> None:
         online = -1
         while not self.supervisor.stopping:
+            if not self._superlink_alive():
+                raise SuperLinkGone("the SuperLink exited while waiting for SuperNodes")
             now = online_nodes(self.cli)
             if now != online:
                 online = now
@@ -302,35 +368,67 @@ def warn_insecure() -> None:
     emit(COMPONENT, "insecure_mode", tls=False, node_auth=False)
 
 
+def claim_state_dir(settings: ServerSettings) -> Lifetime:
+    """Own ``state_dir`` (refuse a second live daemon), stop what an earlier instance left
+    running, and make sure the SuperLink port is free: never attach to a stale SuperLink."""
+    lifetime = Lifetime(settings.state_dir, COMPONENT)
+    previous = lifetime.acquire()
+    stale = lifetime.stale()
+    if stale:
+        emit(
+            COMPONENT,
+            "stale_processes",
+            previous_instance=previous.get("instance"),
+            processes=[f"{p.pid}:{p.name}" for p in stale],
+            action="stopping",
+        )
+        terminate(stale, grace=20.0)
+    if not settings.connect_only:
+        try:
+            check_port_free(settings.host, settings.port)
+        except DaemonConflict:
+            lifetime.release()
+            raise
+    return lifetime
+
+
 def run_server(settings: ServerSettings, *, resume: bool = False) -> int:
     """Serve the federation until the run finishes (0), fails (1) or SIGTERM (0)."""
     validate_experiment(settings)
     if settings.insecure:
         warn_insecure()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    cli = FlwrCli(write_flwr_home(settings))
-    children = []
-    if not settings.connect_only:
-        children.append(
-            Child(
+    lifetime = claim_state_dir(settings)
+    try:
+        cli = FlwrCli(write_flwr_home(settings))
+        children = []
+        superlink: Child | None = None
+        if not settings.connect_only:
+            superlink = Child(
                 "superlink",
                 superlink_argv(settings),
                 child_env(),
                 settings.state_dir / "logs" / "superlink.log",
-                restart=False,
+                restart=settings.superlink_restart_limit > 0,
+                restart_limit=settings.superlink_restart_limit,
             )
+            children.append(superlink)
+        supervisor = Supervisor(
+            COMPONENT, children, settings.backoff, stop_timeout=20.0, lifetime=lifetime
         )
-    supervisor = Supervisor(COMPONENT, children, Backoff(), stop_timeout=20.0)
-    follower = RunFollower(settings, cli, supervisor, resume=resume)
-    supervisor.on_tick = follower.tick
-    emit(
-        COMPONENT,
-        "starting",
-        address=settings.dial_address,
-        tls=not settings.insecure,
-        node_auth=settings.node_auth,
-        connect_only=settings.connect_only,
-        flwr_home=str(flwr_home(settings)),
-        out_dir=str(settings.out_dir),
-    )
-    return supervisor.run()
+        follower = RunFollower(settings, cli, supervisor, resume=resume, superlink=superlink)
+        supervisor.on_tick = follower.tick
+        emit(
+            COMPONENT,
+            "starting",
+            address=settings.dial_address,
+            tls=not settings.insecure,
+            node_auth=settings.node_auth,
+            connect_only=settings.connect_only,
+            flwr_home=str(flwr_home(settings)),
+            out_dir=str(settings.out_dir),
+            instance=lifetime.instance,
+        )
+        return supervisor.run()
+    finally:
+        lifetime.release()

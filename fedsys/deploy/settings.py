@@ -29,6 +29,17 @@ class TLSFiles(_Settings):
     key: Path
 
 
+class Backoff(_Settings):
+    """Restart delays of a supervised child (SuperNode, SuperLink): doubling from ``initial``
+    up to ``max``."""
+
+    initial: float = Field(default=1.0, gt=0)
+    max: float = Field(default=60.0, gt=0)
+    reset_after: float = Field(
+        default=60.0, gt=0, description="A run this long resets the delay to ``initial``."
+    )
+
+
 class ServerSettings(_Settings):
     """One aggregation server: its SuperLink, the keys, the experiment and its outputs."""
 
@@ -62,6 +73,16 @@ class ServerSettings(_Settings):
     wait_for_nodes: int = Field(
         default=0, ge=0, description="Submit the run once this many SuperNodes are online."
     )
+    backoff: Backoff = Field(
+        default_factory=lambda: Backoff(initial=1.0, max=30.0),
+        description="Restart delays of a SuperLink that died.",
+    )
+    superlink_restart_limit: int = Field(
+        default=5,
+        ge=0,
+        description="Give up (exit 1) after this many SuperLink restarts in a row, each "
+        "dying within backoff.reset_after seconds; 0: never restart it.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ServerSettings:
@@ -79,16 +100,6 @@ class ServerSettings(_Settings):
             return self.address
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"{host}:{self.port}"
-
-
-class Backoff(_Settings):
-    """Restart delays of the supervised SuperNode: doubling from ``initial`` up to ``max``."""
-
-    initial: float = Field(default=1.0, gt=0)
-    max: float = Field(default=60.0, gt=0)
-    reset_after: float = Field(
-        default=60.0, gt=0, description="A run this long resets the delay to ``initial``."
-    )
 
 
 class ClientSettings(_Settings):

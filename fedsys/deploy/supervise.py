@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from fedsys.deploy.lifetime import Lifetime, parent_death_signal, terminate
 from fedsys.deploy.settings import Backoff
 
 POLL = 0.2  # seconds between checks of the children
@@ -50,19 +51,30 @@ class Child:
     refusals: int = 0
     restarts: int = field(default=0)
     restart: bool = True  # False: its exit ends the daemon (exit code 1)
+    restart_limit: int | None = None  # give up after this many quick restarts in a row
     log_offset: int = 0
+    generation: int = 0  # how many times it was started
+    streak: int = 0  # restarts since it last ran for backoff.reset_after seconds
 
-    def start(self, component: str) -> None:
+    @property
+    def tag(self) -> str:
+        """Marks this start's processes, Flower's detached ones included (see lifetime)."""
+        return f"{self.name}#{self.generation}"
+
+    def start(self, component: str, lifetime: Lifetime | None = None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.generation += 1
+        env = lifetime.env(self.env, self.tag) if lifetime is not None else self.env
         with self.log_path.open("ab") as log:
             self.log_offset = log.tell()
             self.proc = subprocess.Popen(
                 self.argv,
-                env=self.env,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stopped as a unit
+                preexec_fn=parent_death_signal(),  # and it dies with the daemon
             )
         self.started = time.monotonic()
         self.restart_at = None
@@ -124,8 +136,10 @@ class Supervisor:
         stop_timeout: float = 20.0,
         refused_limit: int = 3,
         on_tick: Callable[[], None] | None = None,
+        lifetime: Lifetime | None = None,
     ) -> None:
         self.component = component
+        self.lifetime = lifetime
         self.children = children
         self.backoff = backoff
         self.stop_timeout = stop_timeout
@@ -148,7 +162,12 @@ class Supervisor:
         ran = time.monotonic() - child.started
         emit(self.component, "child_exited", child=child.name, code=code, ran_s=round(ran, 1))
         child.proc = None
+        self._sweep(child.tag)
         if not child.restart:
+            return False
+        child.streak = 0 if ran >= self.backoff.reset_after else child.streak + 1
+        if child.restart_limit is not None and child.streak > child.restart_limit:
+            emit(self.component, "restart_limit", child=child.name, limit=child.restart_limit)
             return False
         if child.was_refused(code):
             child.refusals += 1
@@ -173,7 +192,7 @@ class Supervisor:
         code = 0
         try:
             for child in self.children:
-                child.start(self.component)
+                child.start(self.component, self.lifetime)
             while self._stop.signum is None:
                 now = time.monotonic()
                 for child in self.children:
@@ -188,7 +207,7 @@ class Supervisor:
                         and child.restart_at is not None
                         and (now >= child.restart_at)
                     ):
-                        child.start(self.component)
+                        child.start(self.component, self.lifetime)
                 if self.on_tick is not None:
                     self.on_tick()
                 if self._stop_code is not None:
@@ -201,4 +220,21 @@ class Supervisor:
                 rc = child.stop(self.stop_timeout)
                 if rc is not None:
                     emit(self.component, "child_stopped", child=child.name, code=rc)
+            self._sweep(None)
             emit(self.component, "stopped", code=self._stop_code or code)
+
+    def _sweep(self, tag: str | None) -> None:
+        """Stop what a child (``tag``) or, with None, any child left behind: Flower runs
+        some processes detached (SuperExec, the ServerApp), so they outlive a dead parent
+        for as long as their own parent monitors take, or forever when those hang."""
+        if self.lifetime is None:
+            return
+        left = self.lifetime.descendants(tag)
+        if left:
+            terminate(left, self.stop_timeout)
+            emit(
+                self.component,
+                "leftovers_stopped",
+                of=tag or "all",
+                processes=[f"{p.pid}:{p.name}" for p in left],
+            )

@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 
+from fedsys.deploy.lifetime import die_with_parent
 from fedsys.deploy.supervise import StopRequest
 
 POLL_SECONDS = 0.05  # between AcquireTask calls on the local runtime API
@@ -37,12 +38,13 @@ def _log(event: str, **fields: object) -> None:
     sys.stderr.flush()
 
 
-def _run_task(runtime_address: str, token: str) -> None:
+def _run_task(runtime_address: str, token: str, parent: int) -> None:
     """In the forked child: run one ClientApp task as ``flwr-clientapp`` would, then exit."""
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    die_with_parent(parent)  # a task never outlives the runner that forked it
     code = 1
     try:
         run_clientapp(
@@ -108,9 +110,10 @@ def serve(runtime_address: str, launch_delay: float = LAUNCH_DELAY_SECONDS) -> N
                 available = True
             if res.HasField("task") and res.token:
                 time.sleep(launch_delay)
+                me = os.getpid()
                 pid = os.fork()
                 if pid == 0:
-                    _run_task(runtime_address, res.token)
+                    _run_task(runtime_address, res.token, me)
                 children.add(pid)
                 _log("task_started", pid=pid, task_id=res.task.task_id)
                 continue

@@ -14,6 +14,7 @@ from fedsys.config import ExperimentConfig, load_config
 from fedsys.crypto import AggregatorKeys, load_allow_list, read_exchange_key
 from fedsys.memory import keep_freed_memory
 from fedsys.server.loop import run_federation
+from fedsys.server.outlock import exclusive_output_dir
 from fedsys.server.progress import LogReporter, Reporter, RichReporter
 
 
@@ -67,14 +68,16 @@ def make_server_app(launch: Launch | None = None) -> ServerApp:
         if chosen.cfg.runtime.reuse_freed_memory:
             keep_freed_memory()
         try:
-            run_federation(
-                grid,
-                chosen.cfg,
-                chosen.out_dir,
-                _reporter(chosen.cfg),
-                resume=chosen.resume,
-                deployed_keys=chosen.deployed_keys(),
-            )
+            # One ServerApp per output directory, checked before anything is written.
+            with exclusive_output_dir(chosen.out_dir, grid.run.run_id):
+                run_federation(
+                    grid,
+                    chosen.cfg,
+                    chosen.out_dir,
+                    _reporter(chosen.cfg),
+                    resume=chosen.resume,
+                    deployed_keys=chosen.deployed_keys(),
+                )
         finally:
             if chosen.simulation:
                 drop_run(state_root(chosen.cfg.runtime.node_state_dir), grid.run.run_id)

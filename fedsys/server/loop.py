@@ -44,12 +44,14 @@ from fedsys.protocol import (
 )
 from fedsys.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsys.server.collect import Rejection, RoundCollector, RoundResult
+from fedsys.server.durable import RoundGate
 from fedsys.server.exchange import exchange
 from fedsys.server.finite import non_finite
 from fedsys.server.grid_view import StableOrderGrid
 from fedsys.server.norm_bound import NormBound
 from fedsys.server.plots import plot_curves
 from fedsys.server.progress import Reporter
+from fedsys.server.publish_resume import reconcile_publishes
 from fedsys.server.records import (
     RejectedUpdate,
     RoundRecord,
@@ -245,6 +247,9 @@ class Federation:
             if cfg.publish.mode != "never"
             else None
         )
+        self._durable = RoundGate()  # rounds whose checkpoint is on disk: publishes wait for it
+        if self.publisher is not None:
+            self.publisher.gate = self._durable
 
     def restore(self) -> None:
         """Continue from ``out/checkpoint`` if it exists."""
@@ -273,6 +278,10 @@ class Federation:
         kept = truncate_rounds(self.paths.metrics, ckpt.round)
         if self.publisher is not None and kept:
             self.publisher.resume(max(r.central_accuracy for r in kept))
+            run_id = str(self.grid.run.run_id)
+            reconcile_publishes(
+                self.publisher, self.paths.metrics, kept, ckpt.round, ckpt.model, run_id
+            )
         log.warning("resuming after round %d from %s", ckpt.round, self.paths.checkpoints)
 
     def run(self) -> RunSummary:
@@ -539,6 +548,7 @@ class Federation:
         self._checkpoint_pending = self._checkpoint_writer.submit(
             save_checkpoint, self.paths.checkpoints, ckpt
         )
+        self._durable.watch(ckpt.round, self._checkpoint_pending)
 
     def _wait_for_checkpoint(self) -> None:
         """Block until the checkpoint in flight is on disk; its errors surface here."""

@@ -45,6 +45,7 @@ class RoundRecord(BaseModel):
     published_version: int | None = None  # registry version this round's model was queued as
     clipped: int = 0  # updates scaled down to the norm bound (defense.norm_action=clip)
     aggregation_refused: str | None = None  # why the round's aggregate was not taken
+    publish_gap: str | None = None  # a resume found this round's version lost: what and why
 
 
 class RunSummary(BaseModel):

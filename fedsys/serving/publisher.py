@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
@@ -49,11 +50,15 @@ from fedsys.serving.registry import (
     build_module,
 )
 
+if TYPE_CHECKING:
+    from fedsys.server.durable import RoundGate
+
 log = logging.getLogger("fedsys")
 
 PUBLISHER_PRIVATE_KEY = "publisher.key"  # in the run's output dir when publish.signing_key is unset
 AUDIT_FILE = "audit.jsonl"
 RETRY_STATUS = frozenset({408, 425, 429})
+GATE_TIMEOUT = 3600.0  # seconds a publish waits for its round's checkpoint
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,8 @@ class Publisher:
         self._queued = 0  # jobs submitted but not started
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="fedsys-publish")
         self._closed = False
+        # Set by the round loop: a round's version is written once its checkpoint is.
+        self.gate: RoundGate | None = None
 
     # -- round loop side -------------------------------------------------------------
 
@@ -208,6 +215,40 @@ class Publisher:
             log.warning("round %d: publishing skipped: %s", rnd, exc)
             return None
 
+    def continue_after(self, version: int) -> None:
+        """Number new versions after ``version`` (a resumed run's last known one), so a
+        version lost in a crash is never reused for another round."""
+        self._next_version = max(self._next_version, version + 1)
+
+    def republish(
+        self,
+        rnd: int,
+        version: int,
+        arrays: dict[str, np.ndarray],
+        metrics: dict[str, float],
+        clients: int,
+        run_id: str | None,
+    ) -> bool:
+        """Write ``version`` for round ``rnd`` now (a resume filling a lost publish); False
+        when it could not be written. Uploads, if configured, follow with the next round."""
+        lineage = Lineage(
+            clients=clients,
+            strategy=self.cfg.strategy.name,
+            codec=self.cfg.codec.model_dump(mode="json"),
+            secagg=self.cfg.secagg.model_dump(mode="json"),
+            run_id=run_id,
+        )
+        try:
+            self._write(_Job(version, rnd, arrays, dict(metrics), lineage))
+        except Exception as exc:
+            log.warning("round %d: republishing %s v%d failed: %s", rnd, self.name, version, exc)
+            return False
+        self.last_published = max(self.last_published or 0, version)
+        self.continue_after(version)
+        if self._client is not None:
+            self._uploads.append(_Upload(version, rnd))
+        return True
+
     def wait_idle(self) -> None:
         """Block until every queued write and upload attempt has run (tests, tooling)."""
         if not self._closed:
@@ -245,6 +286,13 @@ class Publisher:
     def _write_pending(self) -> None:
         while self._local_retry:
             job = self._local_retry[0]
+            held = self.gate.wait(job.round, GATE_TIMEOUT) if self.gate is not None else None
+            if held is not None:
+                log.warning(
+                    "round %d: %s v%d not published: %s", job.round, self.name, job.version, held
+                )
+                self._local_retry.pop(0)
+                continue
             try:
                 self._write(job)
             except VersionConflict as exc:
