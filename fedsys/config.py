@@ -198,6 +198,12 @@ class DefenseConfig(Section):
     median norm of the updates accepted in the previous round (in a run's first round, where
     there is none, with the median of the round's own updates, decided once all are in). An
     update above the bound is rejected (``reject``) or scaled down to it (``clip``).
+
+    The direction check (linear strategies) rejects, once the round's replies are all in, an
+    update whose cosine similarity with the sum of the other accepted updates is below
+    ``min_cosine``: a sign-flipped update has an honest norm but points against the majority.
+    It holds the round's validated payloads until then, so it runs only while the sampled
+    clients' largest possible payloads fit in ``hold_budget_mb``.
     """
 
     norm_bound: Literal["adaptive", "none"] = Field(
@@ -207,6 +213,22 @@ class DefenseConfig(Section):
         default=3.0, gt=1, description="The bound is this multiple of the reference median."
     )
     norm_action: Literal["reject", "clip"] = "reject"
+    direction_check: bool = Field(
+        default=True,
+        description="Reject updates pointing against the round's other accepted updates.",
+    )
+    min_cosine: float = Field(
+        default=0.0,
+        ge=-1,
+        lt=1,
+        description="Least cosine similarity between an update and the sum of the others.",
+    )
+    hold_budget_mb: int = Field(
+        default=256,
+        ge=0,
+        description="The direction check holds a round's payloads until it ends; it runs when "
+        "the sampled clients' largest possible payloads fit in this many MiB.",
+    )
     max_num_examples: int = Field(
         default=10_000_000,
         ge=1,

@@ -53,7 +53,8 @@ RUN, ROUND = 5, 2
 SERVER = generate_exchange_key()
 ALICE = generate_signing_key()
 KEYS = AggregatorKeys(SERVER, {"alice": ALICE.public_key()})
-NO_BOUND = DefenseConfig(norm_bound="none")
+NO_BOUND = DefenseConfig(norm_bound="none", direction_check=False)
+BOUND = DefenseConfig(direction_check=False)  # the norm bound alone: these deltas are random
 
 
 def _delta(seed: int, scale: float = 0.01) -> dict[str, torch.Tensor]:
@@ -91,6 +92,7 @@ def _collector(
     declared: dict[int, int] | None = None,
     global_arrays: dict[str, np.ndarray] | None = None,
     bound: NormBound | None = None,
+    expected_replies: int = 7,
 ) -> RoundCollector:
     return RoundCollector(
         global_arrays or GLOBAL,
@@ -103,6 +105,7 @@ def _collector(
         defense=defense,
         norm_bound=bound,
         declared_examples=declared,
+        expected_replies=expected_replies,
     )
 
 
@@ -353,8 +356,8 @@ def test_a_non_finite_client_metric_is_a_rejection() -> None:
 
 @pytest.mark.parametrize("streaming", [True, False])
 def test_the_first_round_judges_updates_against_their_own_median(streaming: bool) -> None:
-    bound = NormBound(DefenseConfig())
-    collector = _collector(streaming=streaming, defense=DefenseConfig(), bound=bound)
+    bound = NormBound(BOUND)
+    collector = _collector(streaming=streaming, defense=BOUND, bound=bound)
     scaled = encode_update(_delta(9, scale=1.0), [Quantize(bits=8)], num_examples=10).payload
     for node in range(1, 6):
         collector.offer(_plain(node, _honest(node)))
@@ -365,7 +368,7 @@ def test_the_first_round_judges_updates_against_their_own_median(streaming: bool
     bound.end_round(result.accepted_norms)
     assert bound.reference is not None and bound.reference < 1.0
     # the next round adds updates within the previous bound on arrival, holds the others
-    second = _collector(streaming=streaming, defense=DefenseConfig(), bound=bound)
+    second = _collector(streaming=streaming, defense=BOUND, bound=bound)
     second.offer(_plain(6, scaled))
     for node in range(1, 5):
         second.offer(_plain(node, _honest(10 + node)))
@@ -375,8 +378,8 @@ def test_the_first_round_judges_updates_against_their_own_median(streaming: bool
 
 def test_honest_norms_that_grow_between_rounds_are_not_locked_out() -> None:
     """A FedOpt step can make every honest update several times larger than last round's."""
-    bound = NormBound(DefenseConfig(), reference=0.01)
-    collector = _collector(defense=DefenseConfig(), bound=bound)
+    bound = NormBound(BOUND, reference=0.01)
+    collector = _collector(defense=BOUND, bound=bound)
     for node in range(1, 5):
         grown = encode_update(_delta(node, scale=0.5), [], num_examples=10).payload
         collector.offer(_plain(node, grown))
@@ -387,7 +390,7 @@ def test_honest_norms_that_grow_between_rounds_are_not_locked_out() -> None:
 
 
 def test_clipping_scales_an_outlier_to_the_bound() -> None:
-    defense = DefenseConfig(norm_action="clip")
+    defense = DefenseConfig(norm_action="clip", direction_check=False)
     bound = NormBound(defense, reference=0.1)
     honest = [encode_update(_delta(n), [], num_examples=10).payload for n in range(1, 5)]
     big = encode_update(_delta(9, scale=1.0), [], num_examples=10).payload
@@ -409,7 +412,7 @@ def test_decisions_do_not_depend_on_arrival_order() -> None:
     payloads.append(encode_update(_delta(9, scale=0.05), [], num_examples=10).payload)
     outcomes = []
     for order in ([0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [2, 5, 0, 4, 1, 3]):
-        collector = _collector(defense=DefenseConfig(), bound=NormBound(DefenseConfig()))
+        collector = _collector(defense=BOUND, bound=NormBound(BOUND))
         for i in order:
             collector.offer(_plain(i + 1, payloads[i]))
         result = _finish(collector)
@@ -420,6 +423,49 @@ def test_decisions_do_not_depend_on_arrival_order() -> None:
     for rejected, weights in outcomes[1:]:
         assert rejected == outcomes[0][0]
         np.testing.assert_array_equal(weights, outcomes[0][1])
+
+
+# -- the direction check ---------------------------------------------------------------------
+
+
+def _correlated(seed: int, sign: float = 1.0) -> bytes:
+    """Honest clients agree on a common direction (plus their own noise)."""
+    common = _delta(0)
+    own = _delta(seed)
+    delta = {
+        k: (sign * (common[k] + 0.5 * own[k]) if v.is_floating_point() else v)
+        for k, v in own.items()
+    }
+    return encode_update(delta, [Quantize(bits=8)], num_examples=10).payload
+
+
+@pytest.mark.parametrize("order", [[1, 2, 3, 4, 5, 6, 7], [7, 6, 5, 4, 3, 2, 1]])
+def test_sign_flipped_updates_are_rejected_whatever_the_order(order: list[int]) -> None:
+    defense = DefenseConfig()
+    collector = _collector(defense=defense, bound=NormBound(defense))
+    flipped = {6, 7}
+    replies = {n: _plain(n, _correlated(n, -1.0 if n in flipped else 1.0)) for n in order}
+    for node in order:
+        collector.offer(replies[node])
+    result = _finish(collector)
+    assert sorted(r.node_id for r in result.rejected) == [6, 7]
+    assert all("defense.direction_check" in r.reason for r in result.rejected)
+    assert result.accepted == 5 and len(result.accepted_norms) == 5
+    honest = _collector()
+    for node in range(1, 6):
+        honest.offer(_plain(node, _correlated(node)))
+    expected = _finish(honest).mean_weights
+    assert result.mean_weights is not None and expected is not None
+    for name, value in expected.items():  # exactly as if the flipped updates never came
+        np.testing.assert_array_equal(result.mean_weights[name], value)
+
+
+def test_the_direction_check_holds_no_more_than_its_budget() -> None:
+    defense = DefenseConfig(hold_budget_mb=0)
+    collector = _collector(defense=defense, bound=NormBound(defense))
+    for node in range(1, 6):
+        collector.offer(_plain(node, _correlated(node, -1.0 if node == 5 else 1.0)))
+    assert _finish(collector).accepted == 5  # over budget: no check, nothing held
 
 
 # -- mutations of real payloads through the real path ----------------------------------------

@@ -63,6 +63,25 @@ class StreamingSum:
         self.total_weight += weight
         self.count += 1
 
+    def remove(self, update: WireUpdate, weight: float, *, scale: float = 1.0) -> None:
+        """Undo an :meth:`add` of the same arguments (exact: float64 sums of these terms are)."""
+        self.add(update, -weight, scale=scale)
+        self.count -= 2
+
+    def dot(self, update: WireUpdate) -> float:
+        """``<update, sum>`` over the float tensors, in float64."""
+        self._flush()
+        return sum(t.dot(self._buffers[n]) for n, t in update.tensors.items() if t.is_float)
+
+    def square(self) -> float:
+        """``|sum|^2`` over the float tensors."""
+        self._flush()
+        return sum(
+            float(torch.dot(buf, buf))
+            for name, buf in self._buffers.items()
+            if self.template[name].is_float
+        )
+
     def _add_one(self, update: WireUpdate, weight: float) -> None:
         for name, t in update.tensors.items():
             t.add_into(self._buffers[name], weight, self._scratch)

@@ -78,10 +78,10 @@ def check_payload(
     for name, t in wire.tensors.items():
         if t.entry.positions is not None:
             _ = t.positions  # a corrupt position stream fails here, before anything is summed
-        stats = t.stats(need_norm=need_norm)
+        bound = value_bound(t.entry.dtype)
+        stats = t.stats(need_norm=need_norm, bound=bound)
         if not stats.finite:
             raise UpdateRejected(f"tensor {name!r} holds NaN or infinite values")
-        bound = value_bound(t.entry.dtype)
         if stats.max_abs > bound:
             raise UpdateRejected(
                 f"tensor {name!r} holds values up to {stats.max_abs:.3g}, beyond what its "

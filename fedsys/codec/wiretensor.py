@@ -151,7 +151,7 @@ class WireTensor:
         if n > full:
             wide[full:].mul_(scales[b0 + full // bs])
 
-    def stats(self, *, need_norm: bool = True) -> TensorStats:
+    def stats(self, *, need_norm: bool = True, bound: float = math.inf) -> TensorStats:
         """Finiteness, largest magnitude and sum of squares of the decoded values.
 
         Cheap where it can be: block-quantized codes are integers, so such a tensor's values
@@ -159,7 +159,8 @@ class WireTensor:
         are, and checked against the dtype before anything is summed); it is only decoded when
         the norm is needed. Plain float values are read once per chunk for their extremes
         (NaN propagates through the maximum) and, when asked, one dot product for the norm.
-        Raw integer tensors report their largest magnitude and a sum of squares of 0.
+        Raw integer tensors report their largest magnitude and a sum of squares of 0. Above
+        ``bound`` the norm is not computed (the caller refuses the tensor anyway).
         """
         if not self.is_float:
             return self._raw_stats()
@@ -170,7 +171,7 @@ class WireTensor:
                 top = float(np.max(np.abs(scales))) * MAX_CODE[e.encoding] if scales.size else 0.0
             if not math.isfinite(top):
                 return TensorStats(False, float("nan"), top)
-            if not need_norm:
+            if not need_norm or top > bound:  # out of bounds: the caller refuses it undecoded
                 return TensorStats(True, 0.0, top)
             total = _sum_of_squares(chunk.numpy() for _, chunk in self.float_chunks())
             return TensorStats(math.isfinite(total), total, top)
@@ -190,6 +191,19 @@ class WireTensor:
         parts = (codes[a : a + CHUNK_ELEMENTS] for a in range(0, e.count, CHUNK_ELEMENTS))
         total = _sum_of_squares(parts)
         return TensorStats(math.isfinite(total), total, top)
+
+    def dot(self, other: torch.Tensor) -> float:
+        """``<decoded values, other>`` in float64 for a float tensor (``other``: flat, one
+        entry per element, float64); chunk by chunk, without a decoded copy. Raw: 0."""
+        if not self.is_float or not self.entry.count:
+            return 0.0
+        if self.entry.positions is not None:
+            kept = torch.cat([c for _, c in self.float_chunks()]).to(other.dtype)
+            return float(torch.dot(kept, other[self.positions]))
+        total = 0.0
+        for start, chunk in self.float_chunks():
+            total += float(torch.dot(chunk.to(other.dtype), other[start : start + chunk.numel()]))
+        return total
 
     def _raw_stats(self) -> TensorStats:
         if not self.entry.count or self.entry.dtype == "bool":

@@ -18,6 +18,7 @@ known (see ``fedsys.server.norm_bound``).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -107,14 +108,26 @@ class RoundCollector:
         defense: DefenseConfig | None = None,
         norm_bound: NormBound | None = None,
         declared_examples: Mapping[int, int] | None = None,
+        expected_replies: int = 0,
     ) -> None:
         self._global = global_arrays
         self._template = template_from(global_arrays)
         self._limits = PayloadLimits.for_model(self._template)
-        self._defense = defense or DefenseConfig(norm_bound="none")
+        self._defense = defense or DefenseConfig(norm_bound="none", direction_check=False)
         self._bound = norm_bound or NormBound(self._defense)
         if self._bound.enabled and not policy.measure_norm:
             policy = policy.model_copy(update={"measure_norm": True})
+        # The direction check holds the round's accepted updates (their validated payloads)
+        # until it ends; decided up front from the largest payloads the round could bring.
+        budget = self._defense.hold_budget_mb << 20
+        self._directions = (
+            self._defense.direction_check
+            and streaming
+            and expected_replies * self._limits.payload_bytes <= budget
+        )
+        if self._directions and not policy.measure_norm:
+            policy = policy.model_copy(update={"measure_norm": True})
+        self._accepted: list[tuple[Candidate, float]] = []
         self._policy = policy
         self._binding = binding
         self._keys = keys
@@ -218,6 +231,8 @@ class RoundCollector:
         except CodecError as exc:
             self._reject(c.node_id, exc.reason, c.nbytes)
             return
+        if self._directions:
+            self._accepted.append((c, verdict.scale))
         if verdict.scale != 1.0:
             self.result.clipped += 1
         if c.checked.norm is not None:
@@ -236,6 +251,53 @@ class RoundCollector:
         for c in sorted(waiting, key=lambda c: order_key(c.node_id)):
             self._judge(c, current)
 
+    def _check_directions(self, order_key: Callable[[int], tuple[int, int]]) -> None:
+        """Reject accepted updates pointing against the sum of the others (sign flips).
+
+        Every cosine is taken against the same final sum, leave-one-out by scalar algebra, so
+        the decisions do not depend on arrival order; rejected updates are then subtracted
+        from the sums exactly (float64)."""
+        if self._sum is None or len(self._accepted) < 3:
+            return
+        total_sq = self._sum.square()
+        refused: list[tuple[Candidate, float, float]] = []
+        for c, scale in sorted(self._accepted, key=lambda item: order_key(item[0].node_id)):
+            norm = c.checked.norm
+            if norm is None or norm <= 0:
+                continue
+            share, own_sq = c.weight * scale, norm * norm
+            dot = self._sum.dot(c.checked.wire)
+            others_sq = total_sq - 2 * share * dot + share * share * own_sq
+            if others_sq <= 1e-30 * max(total_sq, 1e-300):
+                continue
+            cosine = (dot - share * own_sq) / math.sqrt(own_sq * others_sq)
+            if cosine < self._defense.min_cosine:
+                refused.append((c, scale, cosine))
+        for c, scale, cosine in refused:
+            self._sum.remove(c.checked.wire, c.weight, scale=scale)
+            self._unaccept(c, scale)
+            self._reject(
+                c.node_id,
+                f"update points against the round's other updates (cosine similarity "
+                f"{cosine:.3f} < {self._defense.min_cosine:g}; defense.direction_check)",
+                c.nbytes,
+            )
+        self._accepted = []
+
+    def _unaccept(self, c: Candidate, scale: float) -> None:
+        """Take back the bookkeeping of an update counted in :meth:`_judge`."""
+        self.result.accepted -= 1
+        self.result.received = [
+            r for r in self.result.received if not (r.node_id == c.node_id and r.accepted)
+        ]
+        if c.checked.norm is not None:
+            self.result.accepted_norms.remove(c.checked.norm * scale)
+        if scale != 1.0:
+            self.result.clipped -= 1
+        for key in AVERAGED_METRICS:
+            self._metric_sums[key] -= c.weight * c.metrics[key]
+        self._total_weight -= c.weight
+
     def finish(
         self, order_key: Callable[[int], tuple[int, int]], *, build_record: bool = True
     ) -> RoundResult:
@@ -245,6 +307,7 @@ class RoundCollector:
         (serializing the whole model once more) when the caller uses ``mean_weights`` directly.
         """
         self._decide_waiting(order_key)
+        self._check_directions(order_key)
         total = self._total_weight
         if total > 0:
             self.result.metrics = {k: self._metric_sums[k] / total for k in AVERAGED_METRICS}

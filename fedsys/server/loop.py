@@ -371,6 +371,7 @@ class Federation:
                 defense=self.cfg.defense,
                 norm_bound=self.norm_bound,
                 declared_examples=self.declared_examples,
+                expected_replies=len(messages),
             )
             silent = exchange(
                 grid,
