@@ -181,9 +181,11 @@ class RoundCollector:
                 self._weight_cap(node_id),
                 signed=True,
             )
-            candidate = Candidate(
-                node_id, msg, checked, weight, checked_metrics(node_id, metrics), nbytes
-            )
+            averaged = checked_metrics(node_id, metrics)
+            # The validated payload is all that is kept: the reply's own records (for an
+            # envelope, its ciphertext) go now, not when a held update is finally decided.
+            msg.content = RecordDict()
+            candidate = Candidate(node_id, msg, checked, weight, averaged, nbytes)
             if candidate.checked.norm is not None:
                 self._norms.append(candidate.checked.norm)
             if self._bound.within_previous(candidate.checked.norm):
