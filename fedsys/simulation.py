@@ -63,7 +63,14 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     if not sys.stderr.isatty():  # Ray colours its workers' log prefixes: noise in a file
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
-    stage(f"preparing data ({cfg.data.name}, {cfg.data.num_partitions} partitions)")
+    if cfg.runtime.log_level != "DEBUG":
+        # Read by Flower's logger in every process that imports it, the Ray workers included
+        # (they inherit this environment); _quiet_flower only reaches this process.
+        os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
+    stage(
+        f"loading Flower, Ray and torch; preparing data ({cfg.data.name}, "
+        f"{cfg.data.num_partitions} partitions)"
+    )
     # Imported here: Flower and Ray are heavy, and `fedsys --help` should stay instant.
     from flwr.simulation import run_simulation
 
@@ -90,7 +97,8 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
     with endpoint as url:
         stage(
             f"starting Flower's simulation engine: Ray and {cfg.data.num_partitions} virtual "
-            "nodes, whose workers import torch before they answer"
+            "nodes, whose workers import torch before they answer (about 20 s on two busy "
+            "cores)"
         )
         run_simulation(
             server_app=make_server_app(

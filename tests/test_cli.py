@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from importlib.metadata import version
 from pathlib import Path
 
+import pytest
 import yaml
 from simulate_support import set_args
 from typer.testing import CliRunner
 
 from fedsys.cli import _setup_logging, app
-from fedsys.config import build_config, load_config
+from fedsys.config import ExperimentConfig, build_config, load_config
 
 runner = CliRunner()
 
@@ -83,3 +85,26 @@ def test_default_log_level_hides_info_but_shows_progress() -> None:
     assert not logging.getLogger("fedsys.progress").isEnabledFor(logging.INFO)
     _setup_logging("DEBUG")
     assert logging.getLogger("fedsys").isEnabledFor(logging.DEBUG)
+
+
+def test_python_api_example_finds_its_config_from_any_directory(
+    repo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = importlib.util.spec_from_file_location(
+        "python_api", repo_root / "examples" / "python_api.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ran: list[tuple[str, Path]] = []
+
+    def fake_simulate(cfg: ExperimentConfig, out: Path) -> None:
+        ran.append((cfg.name, out))
+        out.mkdir(parents=True)
+        (out / "summary.json").write_text('{"rounds": 5, "final_accuracy": 0.5}')
+
+    monkeypatch.setattr(module, "simulate", fake_simulate)
+    module.main()
+    assert ran == [("quickstart", Path("runs/python-api"))]
+    assert (tmp_path / "runs" / "python-api" / "summary.json").exists()

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedsys.server.records import RoundRecord
 
 PROGRESS = logging.getLogger("fedsys.progress")
+STOPPING = "writing outputs (model, summary, curves) and stopping the nodes"
 
 
 def stage(text: str) -> None:
@@ -91,6 +92,7 @@ class RichReporter:
     def stop(self) -> None:
         self._progress.stop()
         self._started = False
+        stage(STOPPING)
 
 
 class LogReporter:
@@ -106,4 +108,4 @@ class LogReporter:
         PROGRESS.info(_row(record))
 
     def stop(self) -> None:
-        return None
+        stage(STOPPING)
