@@ -231,7 +231,10 @@ def serve(
     except FedsysError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    err.print(f"serving {registry} on http://{host}:{port} with {workers} worker(s)")
+    err.print(
+        f"serving {registry} on http://{host}:{port} with {workers} worker(s); loading torch "
+        "and the active models (a few seconds; /readyz answers 200 once one is loaded)"
+    )
     serve_forever(settings)
 
 
