@@ -6,10 +6,18 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
+import pytest
+import torch
+from serving_support import CLASSES, INPUT_SHAPE, MODEL
 from simulate_support import Run
 
+from fedsys.data.types import DatasetInfo
+from fedsys.models import build_model
 from fedsys.serving.inputs import PredictRequest
+from fedsys.serving.quantized import int8_from_bytes, int8_to_bytes, quantize_int8
 
 # In the order a run goes through them (serve.enabled: the endpoint is up before training).
 STAGES = [
@@ -65,3 +73,23 @@ def test_run_leaves_an_example_request(tiny_run: Run) -> None:
     body = json.loads((tiny_run.out / "example.json").read_text())
     request = PredictRequest.model_validate(body)
     assert len(request.instances) == 2 and all(len(row) == 40 for row in request.instances)
+
+
+@pytest.mark.filterwarnings("error")
+def test_the_int8_serving_copy_raises_no_deprecation_notice() -> None:
+    """torch.ao's notices (quantize_per_tensor "will be removed") are silenced per call."""
+    module = build_model(MODEL, DatasetInfo(INPUT_SHAPE, CLASSES))
+    data = int8_to_bytes(quantize_int8(module))
+    rebuilt = int8_from_bytes(data, build_model(MODEL, DatasetInfo(INPUT_SHAPE, CLASSES)))
+    assert isinstance(rebuilt, torch.nn.Module)
+
+
+def test_starlettes_test_client_finds_httpx2() -> None:
+    """With plain httpx, importing Starlette's TestClient warns that it is deprecated."""
+    proc = subprocess.run(
+        [sys.executable, "-W", "error::UserWarning", "-c", "import starlette.testclient"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
