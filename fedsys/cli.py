@@ -1,4 +1,4 @@
-"""The ``fedsys`` command line."""
+"""The ``fedsys`` command: simulate, check-config, serve, and the deployment commands."""
 
 from __future__ import annotations
 
@@ -18,8 +18,30 @@ from fedsys.deploy.commands import client_cmd, partition_cmd, server_cmd
 from fedsys.deploy.keys_cli import certs_cmd, keys_app
 from fedsys.errors import FedsysError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# Help texts are single paragraphs (rich keeps a docstring's line breaks as they are).
+EXIT_CODES = "Exit codes: 0 success, 1 the run failed, 2 a usage or config error."
+HELP = (
+    "fedsys: federated learning on Flower. Train with simulate, validate a config with "
+    "check-config, serve the trained model with serve, and run a real federation with keys, "
+    "certs, server, client and partition.\n\n"
+    "Results go to stdout; progress and diagnostics to stderr. " + EXIT_CODES
+)
+SIMULATE_HELP = (
+    "Train with Flower's simulation engine: one virtual client per data partition.\n\n"
+    "Progress goes to stderr; the final line (accuracy, outputs) to stdout. Exit codes: 0 "
+    "the run finished, 1 it failed (data missing, a round failed, no summary), 2 a config "
+    "or usage error (nothing was started)."
+)
+CHECK_HELP = (
+    "Validate a config (with overrides) and print it fully resolved, as YAML, on stdout.\n\n"
+    "Defaults derived from other fields or from the machine are filled in; the two that only "
+    "a run decides (publish.registry, runtime.node_state_dir) stay null with a comment "
+    "saying how. Exit codes: 0 valid, 2 invalid (the error names the field)."
+)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
 err = Console(stderr=True, soft_wrap=True)
+stdout = Console(soft_wrap=True, highlight=False)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Experiment YAML.")]
 SetOpt = Annotated[
@@ -29,9 +51,54 @@ SetOpt = Annotated[
 
 
 def _setup_logging(level: str) -> None:
-    handler = RichHandler(console=err, show_path=False, markup=False)
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
+    """``level`` for fedsys's diagnostics; progress (stages, rounds: ``fedsys.progress``)
+    shows at INFO unless the level is ERROR. Rich on a terminal, plain lines elsewhere."""
+    handler: logging.Handler
+    if err.is_terminal:
+        handler = RichHandler(console=err, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+        )
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("fedsys").setLevel(level)
+    progress = logging.ERROR if level == "ERROR" else logging.INFO
+    logging.getLogger("fedsys.progress").setLevel(progress)
+
+
+def _version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for dist in ("fedsys", "flwr", "torch"):
+        try:
+            parts.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist} (not installed)")
+    return f"{parts[0]} ({', '.join(parts[1:])})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        stdout.print(_version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print fedsys's version (and Flower's and torch's) and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Options of ``fedsys`` itself (the app's help is HELP)."""
 
 
 def _load(config: Path | None, overrides: list[str] | None) -> ExperimentConfig:
@@ -47,16 +114,25 @@ def _load(config: Path | None, overrides: list[str] | None) -> ExperimentConfig:
         raise typer.Exit(2) from None
 
 
-@app.command()
+@app.command(help=SIMULATE_HELP)
 def simulate(
     config: ConfigOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.")] = None,
+    out_dir_opt: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output directory.",
+            show_default="runs/<name>-<YYYYmmdd-HHMMSS>",
+        ),
+    ] = None,
     set_: SetOpt = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue the killed run in this directory.")
     ] = None,
 ) -> None:
-    """Train with Flower's simulation engine: one virtual client per data partition."""
+    """Train with Flower's simulation engine (help: SIMULATE_HELP)."""
+    out = out_dir_opt
     if resume is not None:
         if config is not None or out is not None:
             err.print("[red]error:[/red] --resume DIR takes its config and outputs from DIR")
@@ -75,7 +151,7 @@ def simulate(
                 f"continue it with --resume {out_dir} or choose another --out"
             )
             raise typer.Exit(2)
-    _setup_logging(cfg.runtime.log_level if cfg.runtime.log_level != "WARNING" else "INFO")
+    _setup_logging(cfg.runtime.log_level)
     from fedsys.simulation import simulate as run
 
     try:
@@ -88,19 +164,22 @@ def simulate(
         err.print("[red]error:[/red] the run ended without a summary; see the log above")
         raise typer.Exit(1)
     summary = json.loads(summary_path.read_text())
-    err.print(
-        f"[bold green]done[/bold green]: final accuracy {summary['final_accuracy']:.4f} after "
-        f"{summary['rounds']} rounds, {summary['wall_seconds']:.1f} s; outputs in {out_dir}"
+    served = summary.get("served_accuracy")
+    served_text = f" (served: {served:.4f})" if served is not None else ""
+    stdout.print(
+        f"[bold green]done[/bold green]: final accuracy {summary['final_accuracy']:.4f}"
+        f"{served_text} after {summary['rounds']} rounds, {summary['wall_seconds']:.1f} s; "
+        f"outputs in {out_dir}"
     )
 
 
-@app.command("check-config")
+@app.command("check-config", help=CHECK_HELP)
 def check_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Validate a config (with overrides) and print it fully resolved, as YAML."""
-    import yaml
+    """Validate and print the resolved config (help: CHECK_HELP)."""
+    from fedsys.resolved import resolved_yaml
 
     cfg = _load(config, set_)
-    sys.stdout.write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    sys.stdout.write(resolved_yaml(cfg))
 
 
 @app.command()
@@ -152,7 +231,10 @@ def serve(
     except FedsysError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    err.print(f"serving {registry} on http://{host}:{port} with {workers} worker(s)")
+    err.print(
+        f"serving {registry} on http://{host}:{port} with {workers} worker(s); loading torch "
+        "and the active models (a few seconds; /readyz answers 200 once one is loaded)"
+    )
     serve_forever(settings)
 
 

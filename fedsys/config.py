@@ -550,11 +550,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def _format_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        where = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {where}: {msg}")
+        # cross-field checks run on the whole config and name their fields themselves
+        lines.append(f"  {where}: {msg}" if where else f"  {msg}")
     return "invalid experiment config:\n" + "\n".join(lines)
 
 

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedsys.config import ExperimentConfig
+from fedsys.server.progress import stage
 
 if TYPE_CHECKING:
-    from fedsys.data import DatasetInfo
+    from fedsys.data import ArrayDataset, DatasetInfo
+
+EXAMPLE_FILE = "example.json"  # a ready predict request: two test samples
+EXAMPLE_ROWS = 2
 
 
 def _quiet_flower(level: str) -> None:
@@ -38,11 +44,33 @@ def _with_node_state_dir(cfg: ExperimentConfig, info: DatasetInfo) -> Experiment
     return cfg.model_copy(update={"runtime": runtime})
 
 
+def write_example(test: ArrayDataset, out_dir: Path, rows: int = EXAMPLE_ROWS) -> Path:
+    """``<out>/example.json``: the first test samples as a predict request body, so the
+    endpoint can be tried with ``curl -d @<out>/example.json`` (no input at hand otherwise).
+    Six decimals: what a person reads and pastes."""
+    import numpy as np
+
+    body = {"instances": np.round(test.x[:rows].astype(np.float64), 6).tolist()}
+    path = out_dir / EXAMPLE_FILE
+    path.write_text(json.dumps(body) + "\n")
+    return path
+
+
 def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> None:
     """Train ``cfg`` with one virtual SuperNode per data partition; outputs go to ``out_dir``."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    if not sys.stderr.isatty():  # Ray colours its workers' log prefixes: noise in a file
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    if cfg.runtime.log_level != "DEBUG":
+        # Read by Flower's logger in every process that imports it, the Ray workers included
+        # (they inherit this environment); _quiet_flower only reaches this process.
+        os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
+    stage(
+        f"loading Flower, Ray and torch; preparing data ({cfg.data.name}, "
+        f"{cfg.data.num_partitions} partitions)"
+    )
     # Imported here: Flower and Ray are heavy, and `fedsys --help` should stay instant.
     from flwr.simulation import run_simulation
 
@@ -51,7 +79,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
     from fedsys.server.app import Launch, make_server_app
 
     # Fail on missing or unreadable data here, before Ray and the virtual nodes start.
-    _, _, info = load_dataset(cfg.data, cfg.runtime.seed)
+    _, test, info = load_dataset(cfg.data, cfg.runtime.seed)
     cfg = _with_node_state_dir(cfg, info)
     _quiet_flower(cfg.runtime.log_level)
     backend_config = {
@@ -67,6 +95,11 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
 
         endpoint = endpoint_for(cfg, out_dir)
     with endpoint as url:
+        stage(
+            f"starting Flower's simulation engine: Ray and {cfg.data.num_partitions} virtual "
+            "nodes, whose workers import torch before they answer (about 20 s on two busy "
+            "cores)"
+        )
         run_simulation(
             server_app=make_server_app(
                 Launch(cfg=cfg, out_dir=out_dir, resume=resume, simulation=True)
@@ -79,3 +112,5 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
             from fedsys.serving.loop_close import close_loop
 
             close_loop(cfg, out_dir, url)
+    if (out_dir / "summary.json").exists():
+        write_example(test, out_dir)

@@ -124,6 +124,9 @@ class _Quiet:
     def update(self, record: Any) -> None:
         pass
 
+    def stage(self, text: str) -> None:
+        pass
+
     def stop(self) -> None:
         pass
 
@@ -256,7 +259,7 @@ def main() -> None:
             f"bomb {b['payload']:32s} refused {b['refused']}  {1000 * b['seconds']:.1f} ms  "
             f"peak {b['peak_bytes'] / 2**20:.2f} MiB ({b['peak_over_model_fp32']:.3f}x model)"
         )
-    default_defence = [r for r in rows if r["strategy"] == "fedavg+normbound" and r["share"] == 0.1]
+    default_defence = [r for r in rows if r["strategy"] == "fedavg+defense" and r["share"] == 0.1]
     report = {
         "benchmark": "bench_byzantine",
         "machine": {"python": platform.python_version(), "torch": torch.__version__},

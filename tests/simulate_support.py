@@ -8,12 +8,41 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+
+# Small but real: FedAdam (stateful server), half the clients sampled per round (seeded
+# sampling matters), a narrow CNN so four rounds take seconds.
+TINY = [
+    "name=tiny",
+    "data.num_partitions=4",
+    "model.channels=8",
+    "train.rounds=4",
+    "train.batch_size=64",
+    "strategy.name=fedadam",
+    "strategy.fraction_train=0.5",
+    "strategy.min_train_nodes=2",
+    "runtime.progress=false",
+    "runtime.seed=3",
+]
+# The fast suite's one simulation (the ``tiny_run`` fixture), shared by the tests of outputs,
+# publishing, serving and first use: TINY, publishing every round, served beside the run.
+# Publishing and serving do not change training, so TINY runs compare against it.
+TINY_SERVED = [*TINY, "publish.mode=every_round", "serve.enabled=true"]
 
 
 @dataclass(frozen=True)
 class SimulateResult:
     returncode: int
     stderr: str
+    stdout: str = ""
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished ``fedsys simulate``: its output directory and what it printed."""
+
+    out: Path
+    result: SimulateResult
 
 
 def run_simulate(
@@ -35,16 +64,16 @@ def run_fedsys(
         [sys.executable, "-m", "fedsys.cli", *args],
         env={**os.environ, **(env_extra or {})},
         start_new_session=True,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        _, stderr = proc.communicate(timeout=timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-    return SimulateResult(proc.returncode, stderr)
+    return SimulateResult(proc.returncode, stderr, stdout)
 
 
 def set_args(overrides: list[str]) -> list[str]:

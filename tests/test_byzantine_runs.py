@@ -38,6 +38,9 @@ class _Silent:
     def update(self, record: object) -> None:
         pass
 
+    def stage(self, text: str) -> None:
+        pass
+
     def stop(self) -> None:
         pass
 

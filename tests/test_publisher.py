@@ -15,7 +15,7 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from safetensors.numpy import load_file
-from simulate_support import run_simulate, set_args
+from simulate_support import Run
 
 from fedsys.config import ExperimentConfig, build_config
 from fedsys.crypto.keys import (
@@ -319,25 +319,14 @@ def test_after_close_nothing_is_published(tmp_path: Path) -> None:
 # -- end to end ----------------------------------------------------------------------------
 
 
-def test_simulation_publishes_every_round(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    overrides = [
-        "name=tiny",
-        "data.num_partitions=2",
-        "model.channels=8",
-        "train.rounds=2",
-        "train.batch_size=64",
-        "runtime.progress=false",
-        "publish.mode=every_round",
-    ]
-    result = run_simulate(["--out", str(out), *set_args(overrides)])
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_simulation_publishes_every_round(tiny_run: Run) -> None:
+    out = tiny_run.out
     reg = Registry(out / "registry")
     trusted = load_signing_public_key(out / "registry" / "publisher.pub")
-    assert [m.version for m in reg.versions("tiny", trusted=trusted)] == [1, 2]
-    assert reg.active_version("tiny") == 2
-    assert [r.published_version for r in read_rounds(out / "metrics.jsonl")] == [1, 2]
-    assert json.loads((out / "summary.json").read_text())["published_version"] == 2
-    served = reg.load("tiny", 2, trusted).module.state_dict()
+    assert [m.version for m in reg.versions("tiny", trusted=trusted)] == [1, 2, 3, 4]
+    assert reg.active_version("tiny") == 4
+    assert [r.published_version for r in read_rounds(out / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert json.loads((out / "summary.json").read_text())["published_version"] == 4
+    served = reg.load("tiny", 4, trusted).module.state_dict()
     for k, v in load_file(out / "model.safetensors").items():
         np.testing.assert_array_equal(served[k].numpy(), v)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 from simulate_support import run_simulate, set_args
 
@@ -32,6 +33,7 @@ def _simulate(out: Path, overrides: list[str]) -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow  # two simulations: the protocol itself is tested in test_secagg_round
 def test_secagg_run_matches_the_plain_run(tmp_path: Path) -> None:
     plain, masked = tmp_path / "plain", tmp_path / "secagg"
     _simulate(plain, TINY)

@@ -153,6 +153,28 @@ BAD_BODIES: list[tuple[str, str, bytes, int, str]] = [
     ("inf npy", "application/x-npy", npy(np.full((1, 40), np.inf, np.float32)), 422, "NaN"),
     ("overflow float32", "application/x-npy", npy(np.full((1, 40), 1e300)), 422, "overflow"),
     ("garbage npy", "application/x-npy", b"\x93NUMPY garbage", 400, "npy"),
+    ("not npy at all", "application/x-npy", b"hello, world", 400, "not a .npy array"),
+    (
+        "numeric strings",
+        "application/json",
+        json.dumps({"instances": [[0.0] * 39 + ["0.5"]]}).encode(),
+        422,
+        "instances[0][39] is a string",
+    ),
+    (
+        "booleans",
+        "application/json",
+        json.dumps({"instances": [[True] * 40]}).encode(),
+        422,
+        "instances[0][0] is a boolean",
+    ),
+    (
+        "null",
+        "application/json",
+        json.dumps({"instances": [[0.0] * 20 + [None] * 20]}).encode(),
+        422,
+        "instances[0][20] is null",
+    ),
     (
         "bad probabilities",
         "application/json",
@@ -184,6 +206,7 @@ def test_bad_predict_bodies_are_4xx_with_a_reason(
     assert resp.status_code == status, resp.text
     detail = resp.json()["detail"]
     assert isinstance(detail, str) and words.lower() in detail.lower()
+    assert "allow_pickle" not in detail and "unsafe" not in detail  # never advise that
     assert _version(client) == 1  # and the endpoint keeps serving
 
 
@@ -201,6 +224,13 @@ def test_unknown_model_is_404(client: TestClient) -> None:
     assert resp.status_code == 404 and "nope" in resp.json()["detail"]
     assert client.get("/v1/models/nope").status_code == 404
     assert client.get("/v1/models/..").status_code == 404
+
+
+@pytest.mark.parametrize("action", ["predict", "rollback"])
+def test_get_on_a_post_route_is_405_naming_the_method(client: TestClient, action: str) -> None:
+    resp = client.get(f"/v1/models/{NAME}:{action}")
+    assert resp.status_code == 405 and resp.headers["allow"] == "POST"
+    assert f"POST /v1/models/{NAME}:{action}" in resp.json()["detail"]
 
 
 # --- listing -------------------------------------------------------------------------------

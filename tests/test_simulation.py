@@ -1,4 +1,5 @@
-"""End to end on Flower's simulation engine: outputs, and kill -9 then --resume."""
+"""End to end on Flower's simulation engine: outputs (of the session's shared run), and, in
+the slow suite, kill -9 then --resume, evaluation overlap, compressed encrypted updates."""
 
 from __future__ import annotations
 
@@ -11,25 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
-from simulate_support import run_simulate, set_args
+from simulate_support import TINY, Run, run_simulate, set_args
 
 from fedsys.server.checkpoint import load_checkpoint
 from fedsys.server.records import read_rounds
-
-# Small but real: FedAdam (stateful server), half the clients sampled per round (seeded
-# sampling matters), a narrow CNN so four rounds take seconds.
-TINY = [
-    "name=tiny",
-    "data.num_partitions=4",
-    "model.channels=8",
-    "train.rounds=4",
-    "train.batch_size=64",
-    "strategy.name=fedadam",
-    "strategy.fraction_train=0.5",
-    "strategy.min_train_nodes=2",
-    "runtime.progress=false",
-    "runtime.seed=3",
-]
 
 
 def _simulate(args: list[str], env_extra: dict[str, str] | None = None) -> int:
@@ -43,10 +29,9 @@ _set = set_args
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("full") / "run"
-    assert _simulate(["--out", str(out), *_set(TINY)]) == 0
-    return out
+def full_run(tiny_run: Run) -> Path:
+    """The session's shared TINY run (it also publishes and serves, which changes no result)."""
+    return tiny_run.out
 
 
 def test_outputs(full_run: Path) -> None:
@@ -71,6 +56,7 @@ def test_outputs(full_run: Path) -> None:
     assert rounds[-1].central_loss < rounds[0].central_loss * 1.5  # trains, does not diverge
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_model(full_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     code = _simulate(
@@ -91,6 +77,7 @@ def test_killed_run_resumes_to_the_same_model(full_run: Path, tmp_path: Path) ->
         np.testing.assert_allclose(resumed[key], value, rtol=0, atol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow
 def test_evaluating_while_the_next_round_trains_changes_no_result(
     full_run: Path, tmp_path: Path
 ) -> None:
@@ -116,6 +103,7 @@ def test_resume_refuses_a_directory_without_a_run(tmp_path: Path) -> None:
     assert "holds no fedsys run" in proc.stderr
 
 
+@pytest.mark.slow
 def test_compressed_encrypted_updates_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "run"
     overrides = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def launch_from_run_config(run_config: dict[str, object]) -> Launch:
 
 
 def _reporter(cfg: ExperimentConfig) -> Reporter:
-    return RichReporter() if cfg.runtime.progress else LogReporter()
+    """The live bar where someone watches a terminal; plain lines elsewhere (logs, CI)."""
+    return RichReporter() if cfg.runtime.progress and sys.stderr.isatty() else LogReporter()
 
 
 def make_server_app(launch: Launch | None = None) -> ServerApp:

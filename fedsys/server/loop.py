@@ -290,7 +290,12 @@ class Federation:
         dump_config(self.cfg, self.paths.config)
         if self.resumed_from is None and self.round == 0:
             self.paths.metrics.write_text("")
+        self.reporter.stage(
+            f"waiting for the nodes to start and introduce themselves "
+            f"({self.cfg.data.num_partitions} expected)"
+        )
         hellos = _hello(self.grid, self.cfg)
+        self.reporter.stage(f"{len(hellos)} nodes ready")
         grid = StableOrderGrid(self.grid, {n: h.partition_id for n, h in hellos.items()})
         self.client_ids = {n: h.client_id for n, h in hellos.items()}
         self.declared_examples = {

@@ -1,4 +1,10 @@
-"""Live per-round display: a rich progress bar with one table row printed per round."""
+"""What a run is doing, as it happens: start-up stages, then one row per round.
+
+Stages and rows are progress, not diagnostics: they go to the ``fedsys.progress`` logger,
+which the CLI shows at INFO whatever ``runtime.log_level`` says (that level governs the
+diagnostics of the other ``fedsys`` loggers). On a terminal a rich bar names the current
+stage; elsewhere each stage and round is one plain line.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedsys.server.records import RoundRecord
 
-log = logging.getLogger("fedsys")
+PROGRESS = logging.getLogger("fedsys.progress")
+STOPPING = "writing outputs (model, summary, curves) and stopping the nodes"
+
+
+def stage(text: str) -> None:
+    """Say what the run is doing now (start-up and shut-down stages)."""
+    PROGRESS.info(text)
 
 
 class Reporter(Protocol):
+    def stage(self, text: str) -> None: ...
     def start(self, total_rounds: int, done_rounds: int) -> None: ...
     def update(self, record: RoundRecord) -> None: ...
     def stop(self) -> None: ...
@@ -43,29 +56,56 @@ class RichReporter:
             transient=False,
         )
         self._task = self._progress.add_task("", total=1)
+        self._total = 1
+        self._started = False
+
+    def stage(self, text: str) -> None:
+        if self._started:
+            self._progress.update(self._task, description=text)
+        else:
+            stage(text)
 
     def start(self, total_rounds: int, done_rounds: int) -> None:
-        self._progress.update(self._task, total=total_rounds, completed=done_rounds)
+        self._total = total_rounds
+        self._progress.update(
+            self._task,
+            total=total_rounds,
+            completed=done_rounds,
+            description=f"round {done_rounds + 1}: clients training",
+        )
         self._progress.start()
+        self._started = True
 
     def update(self, record: RoundRecord) -> None:
         self._progress.console.print(_row(record), highlight=False, soft_wrap=True)
+        doing = (
+            f"round {record.round + 1}: clients training"
+            if record.round < self._total
+            else "writing outputs"
+        )
         self._progress.update(
-            self._task, completed=record.round, description=f"acc {record.central_accuracy:.4f}"
+            self._task,
+            completed=record.round,
+            description=f"acc {record.central_accuracy:.4f} · {doing}",
         )
 
     def stop(self) -> None:
         self._progress.stop()
+        self._started = False
+        stage(STOPPING)
 
 
 class LogReporter:
-    """One log line per round, for non-interactive runs."""
+    """One line per stage and per round, for non-interactive runs."""
+
+    def stage(self, text: str) -> None:
+        stage(text)
 
     def start(self, total_rounds: int, done_rounds: int) -> None:
-        log.info("starting at round %d of %d", done_rounds + 1, total_rounds)
+        PROGRESS.info("round %d of %d: clients training", done_rounds + 1, total_rounds)
 
     def update(self, record: RoundRecord) -> None:
-        log.info(_row(record))
+        PROGRESS.info(_row(record))
 
     def stop(self) -> None:
-        return None
+        stage(STOPPING)

@@ -50,6 +50,7 @@ from fedsys.serving.state import ServingState
 log = logging.getLogger("fedsys.serving")
 
 NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+ACTIONS = frozenset({"predict", "rollback"})  # the POST-only routes /v1/models/{name}:{action}
 ERROR = {"content": {"application/json": {"example": {"detail": "what went wrong"}}}}
 PREDICT_BODY: dict[str, Any] = {
     "requestBody": {
@@ -89,6 +90,16 @@ def _client(request: Request) -> str:
 def _check_name(name: str) -> None:
     if not NAME_RE.fullmatch(name) or name in (".", ".."):
         raise BadRequest(404, f"unknown model {name!r} (names are [A-Za-z0-9._-]+)")
+
+
+def _check_action_method(name: str) -> None:
+    """``GET /v1/models/m:predict`` reaches the describe route (``{name}`` takes the colon):
+    model names cannot hold one, so it is the POST-only action asked with the wrong method."""
+    model, colon, action = name.rpartition(":")
+    if colon and action in ACTIONS:
+        raise BadRequest(
+            405, f"{action} takes POST, not GET: POST /v1/models/{model}:{action}", allow="POST"
+        )
 
 
 def _check_api_key(state: ServingState, request: Request, key: str | None) -> None:
@@ -191,7 +202,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.exception_handler(BadRequest)
     async def _bad_request(_: Request, exc: BadRequest) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        if exc.allow is not None:
+            headers["Allow"] = exc.allow
         return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
 
     @app.post(
@@ -263,9 +276,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
             )
         return {"models": out}
 
-    @app.get("/v1/models/{name}", responses={404: ERROR})
+    @app.get("/v1/models/{name}", responses={404: ERROR, 405: ERROR})
     def describe_model(name: str) -> dict[str, Any]:
         """Versions (manifests), the active version and its central metrics."""
+        _check_action_method(name)
         _check_name(name)
         if name not in state.registry.models():
             raise BadRequest(404, f"unknown model {name!r}")

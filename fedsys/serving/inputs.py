@@ -1,7 +1,9 @@
 """Predict request bodies (JSON or ``.npy``) to a validated float32 batch, or a 4xx reason.
 
 Everything a client can get wrong is caught here and named: body size, media type, JSON
-syntax and schema, ragged or non-numeric instances, dtype, shape, emptiness, NaN/inf.
+syntax and schema, ragged or non-numeric instances (strings and booleans are not numbers),
+dtype, shape, emptiness, NaN/inf. A ``.npy`` body is read with ``numpy.lib.format`` only:
+never the pickle fallback of ``np.load``, whose own error message advises loading unsafely.
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ from fedsys.serving.batcher import FloatArray
 
 JSON_TYPES = frozenset({"application/json"})
 NPY_TYPES = frozenset({"application/octet-stream", "application/x-npy"})
+NPY_MAGIC = b"\x93NUMPY"
 
 
 class BadRequest(Exception):
     """A client error: answered with ``status`` and ``message`` as ``{"detail": message}``."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, allow: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.allow = allow  # the Allow header of a 405
 
 
 class PredictRequest(BaseModel):
@@ -83,6 +87,7 @@ def parse_json(body: bytes) -> tuple[np.ndarray[Any, Any], bool]:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise BadRequest(422, f"invalid predict request at {where}: {first['msg']}") from None
+    _check_numbers(req.instances)
     try:
         arr = np.asarray(req.instances, dtype=np.float32)
     except (ValueError, TypeError, OverflowError, RecursionError):
@@ -92,15 +97,57 @@ def parse_json(body: bytes) -> tuple[np.ndarray[Any, Any], bool]:
     return arr, req.probabilities
 
 
+def _not_a_number(value: Any, path: list[int]) -> tuple[list[int], Any] | None:
+    """Path and value of the first leaf that is not a JSON number (depth-first), or None.
+
+    numpy would turn ``"0.5"`` into 0.5 and ``true`` into 1.0 without a word; a client that
+    sends them has a bug worth hearing about. Rows of plain numbers are checked as a set of
+    types, so a 1024 x 40 batch costs about 2 ms (a tenth of parsing its JSON).
+    """
+    if isinstance(value, list):
+        if {type(v) for v in value} <= {float, int}:
+            return None
+        for i, item in enumerate(value):
+            found = _not_a_number(item, [*path, i])
+            if found is not None:
+                return found
+        return None
+    return None if type(value) in (float, int) else (path, value)
+
+
+def _check_numbers(instances: list[Any]) -> None:
+    found = _not_a_number(instances, [])
+    if found is None:
+        return
+    path, value = found
+    where = "instances" + "".join(f"[{i}]" for i in path)
+    kind = {bool: "a boolean", str: "a string", type(None): "null"}.get(type(value), "not a number")
+    raise BadRequest(
+        422,
+        f"{where} is {kind} ({json.dumps(value)[:40]}): non-numeric values are not accepted, "
+        "instances must hold numbers only",
+    )
+
+
 def parse_npy(body: bytes) -> np.ndarray[Any, Any]:
     if not body:
         raise BadRequest(400, "body is empty; send a .npy array")
+    if not body.startswith(NPY_MAGIC):
+        raise BadRequest(
+            400,
+            "body is not a .npy array (it does not start with the .npy magic \\x93NUMPY); "
+            "send the bytes numpy.save writes, or JSON as application/json",
+        )
     try:
-        arr = np.load(io.BytesIO(body), allow_pickle=False)
-    except Exception as exc:  # numpy raises ValueError, EOFError, OSError... on garbage
+        arr = np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise BadRequest(
+                400, "object (pickled) .npy arrays are not accepted; send a numeric array"
+            ) from None
         raise BadRequest(400, f"body is not a valid .npy array: {exc}") from None
-    if not isinstance(arr, np.ndarray):
-        raise BadRequest(400, "body is not a single .npy array")
+    except Exception as exc:  # truncated data, bad header...: numpy raises several kinds
+        raise BadRequest(400, f"body is not a valid .npy array: {exc}") from None
     if arr.dtype.kind not in "fiu" or arr.dtype.itemsize > 8:
         raise BadRequest(
             422, f"array dtype {arr.dtype} is not supported; send float32 (or another real dtype)"

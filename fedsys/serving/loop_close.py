@@ -21,6 +21,7 @@ import numpy as np
 
 from fedsys.config import ExperimentConfig
 from fedsys.errors import FedsysError
+from fedsys.server.progress import stage
 from fedsys.server.records import RunSummary, write_json
 from fedsys.serving.runner import BackgroundServer, free_port, serve_process
 from fedsys.serving.settings import ServeSettings
@@ -69,11 +70,11 @@ def endpoint_for(cfg: ExperimentConfig, out_dir: Path) -> Iterator[str | None]:
     settings = _settings(cfg, out_dir, cfg.serve.port)
     if settings.workers > 1:
         with _worker_processes(settings) as url:
-            log.info("serving %s at %s (%d workers)", settings.registry, url, settings.workers)
+            stage(f"serving {settings.registry} at {url} ({settings.workers} workers)")
             yield url
         return
     with BackgroundServer(settings) as server:
-        log.info("serving %s at %s", settings.registry, server.url)
+        stage(f"serving {settings.registry} at {server.url}")
         yield server.url
 
 
@@ -131,6 +132,7 @@ def close_loop(cfg: ExperimentConfig, out_dir: Path, url: str) -> RunSummary | N
     summary = RunSummary.model_validate(json.loads(path.read_text()))
     _, test, _ = load_dataset(cfg.data, cfg.runtime.seed)
     chunk = cfg.train.eval_batch_size  # the chunks central evaluation used
+    stage(f"sending the test set ({len(test.y)} samples) through the endpoint at {url}")
     try:
         accuracy, version = served_accuracy(url, cfg.name, test.x, test.y, chunk)
     except (FedsysError, httpx.HTTPError) as exc:

@@ -12,16 +12,19 @@ save. Here the int8 values, scales and zero points are written as plain safetens
 and the quantized module is rebuilt from them on load, bit for bit, without pickle. (No
 maintained library does this for eager-mode dynamic quantization; hence this module.)
 torch.ao.quantization is deprecated in favour of torchao but still ships with PyTorch;
-its deprecation warnings are silenced here.
+its deprecation warnings are silenced inside this module's functions only (a process-wide
+filter would also hide them from the user's own code, and pytest resets such filters).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import torch
 from safetensors import SafetensorError
@@ -40,10 +43,24 @@ _ZERO = ".weight_zero_point"
 
 
 # The deprecation notices name torchao as the successor; they carry no action for callers.
-warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated")
-warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+_AO_NOTICES = ("torch.ao.quantization is deprecated", ".*quantized tensor creation functions")
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
+def _quiet_ao(fn: _F) -> _F:
+    """Run ``fn`` with torch.ao's deprecation notices silenced."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            for message in _AO_NOTICES:
+                warnings.filterwarnings("ignore", message=message)
+            return fn(*args, **kwargs)
+
+    return cast(_F, wrapper)
+
+
+@_quiet_ao
 def quantize_int8(module: nn.Module) -> nn.Module:
     """A dynamically quantized copy of ``module`` (Linear layers int8); ``module`` is untouched."""
     from torch.ao.quantization import quantize_dynamic
@@ -61,6 +78,7 @@ def _dynamic_linears(module: nn.Module) -> Iterator[tuple[str, DynamicLinear]]:
             yield name, child
 
 
+@_quiet_ao
 def int8_to_bytes(qmodule: nn.Module) -> bytes:
     """safetensors bytes of a module made by :func:`quantize_int8`."""
     tensors: dict[str, torch.Tensor] = {}
@@ -127,6 +145,7 @@ def _dequantized(
     return fp32.float(), qweight
 
 
+@_quiet_ao
 def int8_from_bytes(data: bytes, fp32_module: nn.Module) -> nn.Module:
     """Rebuild the quantized module; ``fp32_module`` is a freshly built model of the same
     architecture (its weights are overwritten). ArtifactRejected if the file does not fit."""
@@ -173,6 +192,7 @@ class Int8Report:
         }
 
 
+@_quiet_ao
 def compare_int8(
     module: nn.Module,
     x: torch.Tensor,

@@ -26,6 +26,9 @@ from fedsys.serving.settings import SETTINGS_ENV, ServeSettings
 
 LOG_LEVEL = "warning"
 ACCESS_LOG = False  # a log line per request costs more than a small model's inference
+# No WebSocket routes: "none" also keeps uvicorn from importing websockets.legacy, which
+# prints a DeprecationWarning on every start.
+WS = "none"
 GRACEFUL_SHUTDOWN_S = 10
 START_TIMEOUT_S = 180.0  # for worker processes to import torch and bind (busy machines)
 
@@ -94,6 +97,7 @@ def serve_forever(settings: ServeSettings) -> None:
             port=settings.port,
             log_level=LOG_LEVEL,
             access_log=ACCESS_LOG,
+            ws=WS,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
         return
@@ -111,6 +115,7 @@ def serve_forever(settings: ServeSettings) -> None:
             workers=settings.workers,
             log_level=LOG_LEVEL,
             access_log=ACCESS_LOG,
+            ws=WS,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
     finally:
@@ -135,6 +140,7 @@ class BackgroundServer:
             create_app(settings),
             log_level=LOG_LEVEL,
             access_log=ACCESS_LOG,
+            ws=WS,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
         self._server = uvicorn.Server(config)
