@@ -608,3 +608,23 @@ def test_envelope_claims_end_in_a_rejection(header: dict[str, int], drop_frames:
         lambda n: _reply(n, values, {"num-examples": 10}),
         sealed=True,  # type: ignore[arg-type]
     )
+
+
+def test_a_plain_flower_client_is_told_what_the_run_requires() -> None:
+    from flwr.app import Array, ArrayRecord
+
+    instruction = Message(content=RecordDict(), dst_node_id=3, message_type="train")
+    plain = Message(
+        RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}),
+                "metrics": MetricRecord({"num-examples": 10}),
+            }
+        ),
+        reply_to=instruction,
+    )
+    collector = _collector(sealed=True)
+    collector.offer(plain)
+    reason = _finish(collector).rejected[0].reason
+    assert "it sent arrays 'arrays', metrics 'metrics'" in reason
+    assert "codec.encrypt=true" in reason and "fedsys.app:client_app" in reason

@@ -155,7 +155,7 @@ class RoundCollector:
         try:
             record = msg.content.config_records.get("update")
             if record is None:
-                raise InvalidUpdate(node_id, self._missing_update_reason())
+                raise InvalidUpdate(node_id, self._missing_update_reason(msg.content))
             nbytes = record_nbytes(record)
             metrics = _single_metrics(node_id, msg.content)
             if node_id in self._seen:
@@ -202,16 +202,25 @@ class RoundCollector:
         finally:
             self.result.decode_seconds += time.perf_counter() - start
 
-    def _missing_update_reason(self) -> str:
-        if self._policy.require_envelope:
-            return (
-                "reply carries no 'update' record: this run requires encrypted fedsys updates "
-                "(codec.encrypt), sealed to the aggregator key sent in the train config; "
-                "run fedsys's ClientApp (fedsys.app:client_app) on the node"
-            )
+    def _missing_update_reason(self, content: RecordDict) -> str:
+        """What a plain Flower client sent, what the run requires, and how to comply."""
+        kinds = (
+            ("arrays", content.array_records),
+            ("metrics", content.metric_records),
+            ("config", content.config_records),
+        )
+        sent = ", ".join(f"{kind} {name!r}" for kind, names in kinds for name in names)
+        need = (
+            "sealed fedsys updates (codec.encrypt=true: the delta in fedsys's wire format, "
+            "sealed to the aggregator key that each train message carries)"
+            if self._policy.require_envelope
+            else f"fedsys updates (the delta in fedsys's wire format under {PAYLOAD_KEY!r})"
+        )
         return (
-            "reply carries no 'update' record: this run expects fedsys's wire-format delta "
-            f"under update[{PAYLOAD_KEY!r}]; run fedsys's ClientApp (fedsys.app:client_app)"
+            f"reply carries no 'update' record (it sent {sent or 'nothing'}): this run requires "
+            f"{need} in a config record named 'update'; a plain Flower ClientApp cannot join "
+            "it. Run the fedsys ClientApp (fedsys.app:client_app; on a deployed node, "
+            "`fedsys client`)"
         )
 
     def _weight_cap(self, node_id: int) -> float:
