@@ -628,3 +628,51 @@ def test_a_plain_flower_client_is_told_what_the_run_requires() -> None:
     reason = _finish(collector).rejected[0].reason
     assert "it sent arrays 'arrays', metrics 'metrics'" in reason
     assert "codec.encrypt=true" in reason and "fedsys.app:client_app" in reason
+
+
+def test_a_replayed_payload_is_refused_even_sealed_anew(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from fedsys.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from fedsys.server.replay import digests_array, digests_set
+
+    seen: set[bytes] = set()
+    payload = _honest(1)
+    first = RoundCollector(
+        GLOBAL,
+        UpdatePolicy(),
+        binding=lambda node: RoundBinding(RUN, ROUND, node),
+        keys=KEYS,
+        client_ids={},
+        keep_stragglers=True,
+        streaming=True,
+        seen_payloads=seen,
+    )
+    first.offer(_sealed(1, payload))
+    assert first.finish(lambda n: (0, n)).accepted == 1
+    # next round: the same plaintext, sealed for the new round (a valid envelope)
+    keys = ClientKeys("alice", ALICE, SERVER.public_key())
+    env = seal(payload, keys, RoundBinding(RUN, ROUND + 1, 1), frame_size=256)
+    second = RoundCollector(
+        GLOBAL,
+        UpdatePolicy(),
+        binding=lambda node: RoundBinding(RUN, ROUND + 1, node),
+        keys=KEYS,
+        client_ids={},
+        keep_stragglers=True,
+        streaming=True,
+        seen_payloads=seen,
+    )
+    second.offer(_reply(1, dict(env.to_record_values()), {"num-examples": 10}))
+    result = second.finish(lambda n: (0, n))
+    assert result.accepted == 0 and "replay" in result.rejected[0].reason
+    # the digests survive a checkpoint
+    directory = Path(str(tmp_path))
+    save_checkpoint(
+        directory,
+        Checkpoint(round=1, model=GLOBAL, defense_arrays={"d": digests_array(seen)}),
+    )
+    assert digests_set(load_checkpoint(directory).defense_arrays["d"]) == seen
+    empty = Checkpoint(round=1, model=GLOBAL, defense_arrays={"d": digests_array(set())})
+    save_checkpoint(directory, empty)
+    assert digests_set(load_checkpoint(directory).defense_arrays["d"]) == set()

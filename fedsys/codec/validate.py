@@ -10,6 +10,7 @@ rejections with ``except CodecError as exc: ... exc.reason``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class CheckedUpdate:
     norm: float | None  # L2 norm; None when the policy neither bounds nor measures it
     payload_bytes: int
     client_id: str | None
+    digest: bytes = b""  # SHA-256 of the plaintext payload: what a replay repeats
 
     @property
     def num_examples(self) -> int | None:
@@ -93,7 +95,7 @@ def check_payload(
         raise UpdateRejected("update L2 norm is not finite")
     if policy.max_norm is not None and norm is not None and norm > policy.max_norm:
         raise UpdateRejected(f"update L2 norm {norm:.6g} exceeds the bound {policy.max_norm:.6g}")
-    return CheckedUpdate(wire, norm, size, None)
+    return CheckedUpdate(wire, norm, size, None, hashlib.sha256(payload).digest())
 
 
 def validate_update(
@@ -124,5 +126,9 @@ def validate_update(
     payload = open_envelope(envelope, keys, expect, max_payload_bytes=cap, client_id=client_id)
     checked = check_payload(payload, template, policy, limits)
     return CheckedUpdate(
-        checked.wire, checked.norm, checked.payload_bytes, envelope.header.client_id
+        checked.wire,
+        checked.norm,
+        checked.payload_bytes,
+        envelope.header.client_id,
+        checked.digest,
     )

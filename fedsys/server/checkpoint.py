@@ -23,6 +23,7 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT_VERSION = 1
 _MODEL = "model/"
 _STRATEGY = "strategy/"
+_DEFENSE = "defense/"
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Checkpoint:
     strategy_state: dict[str, Any] = field(default_factory=dict)
     rng_state: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    defense_arrays: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. payload digests
 
 
 def save_checkpoint(directory: Path, ckpt: Checkpoint) -> Path:
@@ -45,6 +47,9 @@ def save_checkpoint(directory: Path, ckpt: Checkpoint) -> Path:
             f"{_STRATEGY}{k}": np.require(v, requirements="C")
             for k, v in ckpt.strategy_arrays.items()
         }
+    )
+    tensors.update(
+        {f"{_DEFENSE}{k}": np.require(v, requirements="C") for k, v in ckpt.defense_arrays.items()}
     )
     metadata = {
         "format": str(FORMAT_VERSION),
@@ -76,6 +81,9 @@ def load_checkpoint(directory: Path) -> Checkpoint:
             model={k[len(_MODEL) :]: v for k, v in tensors.items() if k.startswith(_MODEL)},
             strategy_arrays={
                 k[len(_STRATEGY) :]: v for k, v in tensors.items() if k.startswith(_STRATEGY)
+            },
+            defense_arrays={
+                k[len(_DEFENSE) :]: v for k, v in tensors.items() if k.startswith(_DEFENSE)
             },
             strategy_state=json.loads(metadata["strategy_state"]),
             rng_state=json.loads(metadata["rng_state"]),

@@ -109,6 +109,7 @@ class RoundCollector:
         norm_bound: NormBound | None = None,
         declared_examples: Mapping[int, int] | None = None,
         expected_replies: int = 0,
+        seen_payloads: set[bytes] | None = None,
     ) -> None:
         self._global = global_arrays
         self._template = template_from(global_arrays)
@@ -133,6 +134,9 @@ class RoundCollector:
         self._keys = keys
         self._client_ids = client_ids
         self._declared = declared_examples or {}
+        # SHA-256 of every payload validated in this run (shared across rounds): a client that
+        # resends an earlier update, even sealed anew, is refused as a replay.
+        self._seen_payloads = seen_payloads if seen_payloads is not None else set()
         self._keep_stragglers = keep_stragglers
         self._sum = StreamingSum(self._template) if streaming else None
         self._dense: list[tuple[int, Message]] = []
@@ -174,6 +178,11 @@ class RoundCollector:
                 client_id=self._client_ids.get(node_id),
                 limits=self._limits,
             )
+            if checked.digest in self._seen_payloads:
+                raise InvalidUpdate(
+                    node_id, "update repeats a payload already received in this run (a replay)"
+                )
+            self._seen_payloads.add(checked.digest)
             weight = checked_weight(
                 node_id,
                 checked.num_examples,

@@ -61,6 +61,7 @@ from fedsys.server.records import (
     truncate_rounds,
     write_json,
 )
+from fedsys.server.replay import digests_array, digests_set
 from fedsys.server.secagg_round import SecAggOutcome, SecAggRound
 from fedsys.server.strategies import build_strategy
 from fedsys.server.strategy_state import export_state, import_state
@@ -240,6 +241,7 @@ class Federation:
         self.declared_examples: dict[int, int] = {}  # node -> training examples it declared
         # The adaptive norm bound's reference (median accepted norm), carried across rounds.
         self.norm_bound = NormBound(cfg.defense)
+        self.seen_payloads: set[bytes] = set()  # SHA-256 of every payload: replays are refused
         self.keys: AggregatorKeys | None = None
         # Publishing to the model registry: decided here, written by a background thread.
         self.publisher = (
@@ -272,6 +274,7 @@ class Federation:
         self.rng.bit_generator.state = ckpt.rng_state
         self.round = ckpt.round
         self.elapsed_before = float(ckpt.extra.get("wall_seconds", 0.0))
+        self.seen_payloads = digests_set(ckpt.defense_arrays.get("payload_digests"))
         reference = ckpt.extra.get("norm_reference")
         self.norm_bound.reference = float(reference) if reference is not None else None
         self.resumed_from = ckpt.round
@@ -377,6 +380,7 @@ class Federation:
                 norm_bound=self.norm_bound,
                 declared_examples=self.declared_examples,
                 expected_replies=len(messages),
+                seen_payloads=self.seen_payloads,
             )
             silent = exchange(
                 grid,
@@ -546,6 +550,7 @@ class Federation:
             strategy_state=strategy_state,
             rng_state=dict(self.rng.bit_generator.state),
             extra={"wall_seconds": wall_seconds, "norm_reference": self.norm_bound.reference},
+            defense_arrays={"payload_digests": digests_array(self.seen_payloads)},
         )
 
     def _write_checkpoint(self, ckpt: Checkpoint) -> None:
