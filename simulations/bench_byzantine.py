@@ -170,11 +170,12 @@ def bombs() -> list[dict[str, Any]]:
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     envelopes = {name: seal(p, client, binding) for name, p in payloads.items()}
+    # a genuine client signs whatever header it likes: one claiming a 1 TiB payload
     lying = seal(b"\0" * 4096, client, binding)
-    header = json.loads(lying.header.model_dump_json())
-    header["payload_length"] = 1 << 40
+    header = lying.header.model_copy(update={"payload_length": 1 << 40, "frame_count": 1 << 20})
     forged = dict(lying.to_record_values())
-    forged["header"] = json.dumps(header).encode()
+    forged["header"] = header.model_dump_json().encode()
+    forged["signature"] = alice.sign(header.signed_bytes())
     records = {n: dict(e.to_record_values()) for n, e in envelopes.items()}
     records["envelope claiming 1 TiB"] = forged
     for name, record in records.items():
