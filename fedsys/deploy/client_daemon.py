@@ -21,7 +21,7 @@ from pathlib import Path
 from fedsys.crypto.keys import read_secret_file, read_signing_key
 from fedsys.deploy.connection import ConnectionWatch
 from fedsys.deploy.layout import check_client_id
-from fedsys.deploy.lifetime import DaemonConflict, Lifetime, check_port_free, terminate
+from fedsys.deploy.lifetime import DaemonConflict, Lifetime, check_port_free, claim
 from fedsys.deploy.settings import ClientSettings
 from fedsys.deploy.supervise import Child, Supervisor, emit
 from fedsys.deploy.thin_client import WORKER_SOCKET
@@ -143,18 +143,7 @@ def build_supervisor(settings: ClientSettings, lifetime: Lifetime | None = None)
 def claim_state_dir(settings: ClientSettings) -> Lifetime:
     """Own ``state_dir``: refuse a second live daemon on it, stop what an earlier instance
     left running, and refuse a runtime port held by anything else."""
-    lifetime = Lifetime(settings.state_dir, COMPONENT)
-    previous = lifetime.acquire()
-    stale = lifetime.stale()
-    if stale:
-        emit(
-            COMPONENT,
-            "stale_processes",
-            previous_instance=previous.get("instance"),
-            processes=[f"{p.pid}:{p.name}" for p in stale],
-            action="stopping",
-        )
-        terminate(stale, grace=settings.stop_timeout)
+    lifetime = claim(settings.state_dir, COMPONENT, settings.stop_timeout, emit)
     try:
         check_port_free("127.0.0.1", settings.runtime_port)
     except DaemonConflict:

@@ -270,3 +270,21 @@ def check_port_free(host: str, port: int) -> None:
                 f"port {port} on {host} is already in use by {holders or 'another process'}; "
                 "it is not a SuperLink this daemon started, so it will not be used"
             ) from None
+
+
+def claim(state_dir: Path, component: str, grace: float, report: Callable[..., None]) -> Lifetime:
+    """Own ``state_dir`` for ``component`` (refusing a second live daemon) and stop whatever
+    an earlier instance of it left running; ``report(component, event, **fields)`` logs it."""
+    lifetime = Lifetime(state_dir, component)
+    previous = lifetime.acquire()
+    stale = lifetime.stale()
+    if stale:
+        report(
+            component,
+            "stale_processes",
+            previous_instance=previous.get("instance"),
+            processes=[f"{p.pid}:{p.name}" for p in stale],
+            action="stopping",
+        )
+        terminate(stale, grace=grace)
+    return lifetime

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from fedsys.config import ExperimentConfig, load_config
 from fedsys.deploy.client_daemon import _bin, child_env, toml_value
-from fedsys.deploy.lifetime import DaemonConflict, Lifetime, check_port_free, terminate
+from fedsys.deploy.lifetime import DaemonConflict, Lifetime, check_port_free, claim
 from fedsys.deploy.settings import ServerSettings
 from fedsys.deploy.supervise import Child, Supervisor, emit
 from fedsys.errors import ConfigError, FedsysError
@@ -371,18 +371,7 @@ def warn_insecure() -> None:
 def claim_state_dir(settings: ServerSettings) -> Lifetime:
     """Own ``state_dir`` (refuse a second live daemon), stop what an earlier instance left
     running, and make sure the SuperLink port is free: never attach to a stale SuperLink."""
-    lifetime = Lifetime(settings.state_dir, COMPONENT)
-    previous = lifetime.acquire()
-    stale = lifetime.stale()
-    if stale:
-        emit(
-            COMPONENT,
-            "stale_processes",
-            previous_instance=previous.get("instance"),
-            processes=[f"{p.pid}:{p.name}" for p in stale],
-            action="stopping",
-        )
-        terminate(stale, grace=20.0)
+    lifetime = claim(settings.state_dir, COMPONENT, 20.0, emit)
     if not settings.connect_only:
         try:
             check_port_free(settings.host, settings.port)

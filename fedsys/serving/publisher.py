@@ -196,13 +196,7 @@ class Publisher:
             if self.wants(rnd, metrics):
                 version = self._next_version
                 self._next_version += 1
-                lineage = Lineage(
-                    clients=clients,
-                    strategy=self.cfg.strategy.name,
-                    codec=self.cfg.codec.model_dump(mode="json"),
-                    secagg=self.cfg.secagg.model_dump(mode="json"),
-                    run_id=run_id,
-                )
+                lineage = self._lineage(clients, run_id)
                 job = _Job(version, rnd, arrays, dict(metrics), lineage)
             with self._lock:
                 idle = self._queued == 0
@@ -214,6 +208,16 @@ class Publisher:
         except Exception as exc:  # the training loop must go on whatever happens here
             log.warning("round %d: publishing skipped: %s", rnd, exc)
             return None
+
+    def _lineage(self, clients: int, run_id: str | None) -> Lineage:
+        """Where a version came from: the run, its strategy and codec, how many clients."""
+        return Lineage(
+            clients=clients,
+            strategy=self.cfg.strategy.name,
+            codec=self.cfg.codec.model_dump(mode="json"),
+            secagg=self.cfg.secagg.model_dump(mode="json"),
+            run_id=run_id,
+        )
 
     def continue_after(self, version: int) -> None:
         """Number new versions after ``version`` (a resumed run's last known one), so a
@@ -231,13 +235,7 @@ class Publisher:
     ) -> bool:
         """Write ``version`` for round ``rnd`` now (a resume filling a lost publish); False
         when it could not be written. Uploads, if configured, follow with the next round."""
-        lineage = Lineage(
-            clients=clients,
-            strategy=self.cfg.strategy.name,
-            codec=self.cfg.codec.model_dump(mode="json"),
-            secagg=self.cfg.secagg.model_dump(mode="json"),
-            run_id=run_id,
-        )
+        lineage = self._lineage(clients, run_id)
         try:
             self._write(_Job(version, rnd, arrays, dict(metrics), lineage))
         except Exception as exc:
