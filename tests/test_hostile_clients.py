@@ -638,31 +638,26 @@ def test_a_replayed_payload_is_refused_even_sealed_anew(tmp_path: object) -> Non
 
     seen: set[bytes] = set()
     payload = _honest(1)
-    first = RoundCollector(
-        GLOBAL,
-        UpdatePolicy(),
-        binding=lambda node: RoundBinding(RUN, ROUND, node),
-        keys=KEYS,
-        client_ids={},
-        keep_stragglers=True,
-        streaming=True,
-        seen_payloads=seen,
-    )
+
+    def collector(rnd: int) -> RoundCollector:  # one per round, sharing the run's digests
+        return RoundCollector(
+            GLOBAL,
+            UpdatePolicy(),
+            binding=lambda node: RoundBinding(RUN, rnd, node),
+            keys=KEYS,
+            client_ids={},
+            keep_stragglers=True,
+            streaming=True,
+            seen_payloads=seen,
+        )
+
+    first = collector(ROUND)
     first.offer(_sealed(1, payload))
     assert first.finish(lambda n: (0, n)).accepted == 1
     # next round: the same plaintext, sealed for the new round (a valid envelope)
     keys = ClientKeys("alice", ALICE, SERVER.public_key())
     env = seal(payload, keys, RoundBinding(RUN, ROUND + 1, 1), frame_size=256)
-    second = RoundCollector(
-        GLOBAL,
-        UpdatePolicy(),
-        binding=lambda node: RoundBinding(RUN, ROUND + 1, node),
-        keys=KEYS,
-        client_ids={},
-        keep_stragglers=True,
-        streaming=True,
-        seen_payloads=seen,
-    )
+    second = collector(ROUND + 1)
     second.offer(_reply(1, dict(env.to_record_values()), {"num-examples": 10}))
     result = second.finish(lambda n: (0, n))
     assert result.accepted == 0 and "replay" in result.rejected[0].reason

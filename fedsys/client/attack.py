@@ -22,7 +22,8 @@ from fedsys.codec.coded import CodedTensor
 from fedsys.codec.dtypes import dtype_name
 from fedsys.codec.quantize import Quantize
 from fedsys.codec.wire import FLAG_DEFLATED_MANIFEST, HEADER, MAGIC, VERSION, pack_update
-from fedsys.config import AttackConfig, AttackName, ExperimentConfig
+from fedsys.config import ExperimentConfig
+from fedsys.defense_config import AttackConfig, AttackName
 from fedsys.training import derive_seed
 
 BOMB_INFLATED_BYTES = 64 << 20  # what the bomb's manifest claims to expand to

@@ -30,8 +30,8 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from fedsys.codec import StreamingSum, UpdatePolicy, decode_update, template_from, validate_update
 from fedsys.codec.limits import PayloadLimits
 from fedsys.codec.validate import CheckedUpdate
-from fedsys.config import DefenseConfig
 from fedsys.crypto import AggregatorKeys, RoundBinding
+from fedsys.defense_config import DefenseConfig
 from fedsys.errors import CodecError, InvalidUpdate
 from fedsys.protocol import PAYLOAD_KEY, record_nbytes, record_number
 from fedsys.server.norm_bound import NormBound

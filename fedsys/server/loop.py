@@ -19,18 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
-from pydantic import ValidationError
 from safetensors.torch import save_file
 
 from fedsys.codec import UpdatePolicy
 from fedsys.codec.downlink import encode_global
 from fedsys.config import ExperimentConfig, dump_config
 from fedsys.crypto import AggregatorKeys, RoundBinding, generate_exchange_key, public_to_raw
-from fedsys.crypto.keys import signing_public_from_raw
 from fedsys.data import load_dataset
 from fedsys.errors import CheckpointError
 from fedsys.models import build_model, count_parameters
@@ -38,9 +35,7 @@ from fedsys.protocol import (
     AGGREGATOR_KEY,
     CONFIG_KEY,
     GLOBAL_KEY,
-    HELLO_KEY,
     SEED_KEY,
-    NodeHello,
 )
 from fedsys.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsys.server.collect import Rejection, RoundCollector, RoundResult
@@ -48,6 +43,7 @@ from fedsys.server.durable import RoundGate
 from fedsys.server.exchange import exchange
 from fedsys.server.finite import non_finite
 from fedsys.server.grid_view import StableOrderGrid
+from fedsys.server.hello import allow_list, hello
 from fedsys.server.norm_bound import NormBound
 from fedsys.server.plots import plot_curves
 from fedsys.server.progress import Reporter
@@ -105,49 +101,6 @@ class RunPaths:
 STREAMING_STRATEGIES = frozenset(
     {"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"}
 )
-
-
-def _hello(grid: Grid, cfg: ExperimentConfig) -> dict[int, NodeHello]:
-    """Ask every node who it is; nodes that do not answer stay unknown (and unlabelled).
-
-    The query carries the experiment config, so a node can declare how many training
-    examples it holds (the cap on its updates' weight)."""
-    min_nodes, timeout = cfg.strategy.min_available_nodes, cfg.train.timeout
-    while len(node_ids := list(grid.get_node_ids())) < min_nodes:
-        log.info("waiting for nodes: %d connected, %d needed", len(node_ids), min_nodes)
-        time.sleep(1.0)
-    config_json = cfg.to_json()
-    queries = [
-        Message(
-            content=RecordDict(
-                {"config": ConfigRecord({CONFIG_KEY: config_json, SEED_KEY: cfg.runtime.seed})}
-            ),
-            dst_node_id=nid,
-            message_type=MessageType.QUERY,
-        )
-        for nid in node_ids
-    ]
-    hellos: dict[int, NodeHello] = {}
-    for reply in grid.send_and_receive(queries, timeout=timeout):
-        node = reply.metadata.src_node_id
-        if reply.has_error() or "hello" not in reply.content.config_records:
-            log.warning("node %d did not introduce itself", node)
-            continue
-        try:
-            raw = reply.content.config_records["hello"][HELLO_KEY]
-            hellos[node] = NodeHello.model_validate_json(str(raw))
-        except (KeyError, ValidationError) as exc:
-            log.warning("node %d sent an unreadable hello: %s", node, exc)
-    return hellos
-
-
-def _allow_list(hellos: dict[int, NodeHello]) -> dict[str, Ed25519PublicKey]:
-    """Signing keys announced at start-up (simulation: keys are made per run)."""
-    return {
-        h.client_id: signing_public_from_raw(bytes.fromhex(h.signing_key))
-        for h in hellos.values()
-        if h.signing_key is not None
-    }
 
 
 FAULT_ENV = "FEDSYS_FAULT_KILL_AFTER_ROUND"
@@ -297,7 +250,7 @@ class Federation:
             f"waiting for the nodes to start and introduce themselves "
             f"({self.cfg.data.num_partitions} expected)"
         )
-        hellos = _hello(self.grid, self.cfg)
+        hellos = hello(self.grid, self.cfg)
         self.reporter.stage(f"{len(hellos)} nodes ready")
         grid = StableOrderGrid(self.grid, {n: h.partition_id for n, h in hellos.items()})
         self.client_ids = {n: h.client_id for n, h in hellos.items()}
@@ -307,7 +260,7 @@ class Federation:
         self.keys = (
             AggregatorKeys(
                 self.exchange_key,
-                self.deployed_keys.allow_list if self.deployed_keys else _allow_list(hellos),
+                self.deployed_keys.allow_list if self.deployed_keys else allow_list(hellos),
             )
             if self.exchange_key is not None
             else None

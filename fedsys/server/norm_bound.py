@@ -20,7 +20,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from fedsys.config import DefenseConfig
+from fedsys.defense_config import DefenseConfig
 
 
 @dataclass(frozen=True)
