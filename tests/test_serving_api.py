@@ -28,9 +28,9 @@ from serving_support import (
     settings,
 )
 
-from fedsys.serving.app import create_app
-from fedsys.serving.audit import AuditLog
-from fedsys.serving.registry import Registry
+from fedsys.registry.audit import AuditLog
+from fedsys.registry.store import Registry
+from fedsys.serving.endpoint import create_app
 
 PREDICT = f"/v1/models/{NAME}:predict"
 NPY = {"Content-Type": "application/x-npy"}

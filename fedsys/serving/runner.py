@@ -20,9 +20,9 @@ import httpx
 import uvicorn
 
 from fedsys.errors import FedsysError
-from fedsys.serving.app import create_app
+from fedsys.serving.endpoint import create_app
+from fedsys.serving.endpoint_settings import SETTINGS_ENV, ServeSettings
 from fedsys.serving.metrics import MULTIPROC_ENV
-from fedsys.serving.settings import SETTINGS_ENV, ServeSettings
 
 LOG_LEVEL = "warning"
 ACCESS_LOG = False  # a log line per request costs more than a small model's inference
@@ -108,7 +108,7 @@ def serve_forever(settings: ServeSettings) -> None:
     os.environ[MULTIPROC_ENV] = metrics_dir
     try:
         uvicorn.run(
-            "fedsys.serving.app:app_from_env",
+            "fedsys.serving.endpoint:app_from_env",
             factory=True,
             host=settings.host,
             port=settings.port,
