@@ -45,6 +45,40 @@ class AdapterSet:
         self.peft.eval()
         self.names.add(name)
 
+    def add_tensors(
+        self, name: str, config: dict[str, Any], tensors: dict[str, torch.Tensor]
+    ) -> None:
+        """Load an adapter from its peft config (``LoraConfig.to_dict()``) and tensors (as
+        ``get_peft_model_state_dict`` returns them); ArtifactRejected if they do not fit."""
+        if name in self.names:
+            return
+        from peft import PeftModel, get_peft_config, set_peft_model_state_dict
+
+        try:
+            peft_config = get_peft_config(dict(config))
+            peft_config.inference_mode = True
+            if self.peft is None:
+                self.peft = PeftModel(self.base, peft_config, adapter_name=name)
+            else:
+                self.peft.add_adapter(name, peft_config)
+            result = set_peft_model_state_dict(self.peft, tensors, adapter_name=name)
+        except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+            self._discard(name)
+            raise ArtifactRejected(f"adapter {name!r} does not fit the base: {exc}") from None
+        unexpected = list(getattr(result, "unexpected_keys", []) or [])
+        if unexpected:
+            self._discard(name)
+            raise ArtifactRejected(
+                f"adapter {name!r} has tensors the base has no place for: {unexpected[:3]}"
+            )
+        self.peft.eval()
+        self.names.add(name)
+
+    def _discard(self, name: str) -> None:
+        if self.peft is not None and name in getattr(self.peft, "peft_config", {}):
+            with contextlib.suppress(ValueError, KeyError):
+                self.peft.delete_adapter(name)
+
     def remove(self, name: str) -> None:
         """Drop an adapter no running sequence uses (the last one stays loaded but unused)."""
         if name not in self.names or len(self.names) == 1:

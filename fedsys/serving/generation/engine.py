@@ -208,6 +208,11 @@ class GenerationEngine:
         """Load an adapter between two steps (waits until it is ready to serve)."""
         await self._command(lambda: self.adapters.add(name, directory))
 
+    async def load_adapter_tensors(
+        self, name: str, config: dict[str, Any], tensors: dict[str, torch.Tensor]
+    ) -> None:
+        await self._command(lambda: self.adapters.add_tensors(name, config, tensors))
+
     async def unload_adapter(self, name: str) -> None:
         await self._command(lambda: self.adapters.remove(name))
 
@@ -317,8 +322,11 @@ class GenerationEngine:
         tokens = next_tokens(
             out.logits[:, -1], [s.params for s in running], [s.generator for s in running]
         )
-        keep = [i for i, (s, t) in enumerate(zip(running, tokens, strict=True))
-                if self._accept(s, t, outbox)]
+        keep = [
+            i
+            for i, (s, t) in enumerate(zip(running, tokens, strict=True))
+            if self._accept(s, t, outbox)
+        ]
         if len(keep) < len(running):
             running[:] = [running[i] for i in keep]
             batch.keep(keep)

@@ -16,7 +16,7 @@ from transformers import DynamicCache
 
 
 def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[attr-defined]
+    return [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[union-attr,misc]
 
 
 def _pad_left(t: torch.Tensor, columns: int) -> torch.Tensor:

@@ -34,8 +34,8 @@ def _quiet() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
 
 
 def load_tokenizer(directory: Path) -> Any:
@@ -52,7 +52,9 @@ def load_causal_lm(directory: Path, *, dtype: torch.dtype = torch.float32) -> Ca
     _quiet()
     directory = Path(directory)
     if not (directory / "config.json").is_file():
-        raise ArtifactRejected(f"{directory} is not a Hugging Face model directory (no config.json)")
+        raise ArtifactRejected(
+            f"{directory} is not a Hugging Face model directory (no config.json)"
+        )
     from transformers import AutoModelForCausalLM
 
     try:
@@ -62,7 +64,7 @@ def load_causal_lm(directory: Path, *, dtype: torch.dtype = torch.float32) -> Ca
     except (OSError, ValueError) as exc:
         raise ArtifactRejected(f"cannot load the causal LM in {directory}: {exc}") from None
     tokenizer = load_tokenizer(directory)
-    return from_module(model.eval(), tokenizer, source=str(directory))
+    return from_module(model, tokenizer, source=str(directory))
 
 
 def from_module(model: nn.Module, tokenizer: Any, *, source: str) -> CausalLM:
