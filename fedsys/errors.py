@@ -181,3 +181,11 @@ class InvalidParameter(RequestRefused):
 class CapacityExceeded(RequestRefused):
     """The endpoint holds as many sequences or reserved tokens as its limits allow (a 429:
     retry later); refused up front rather than running out of memory."""
+
+
+class GenerationFailed(FedsysError):
+    """The model failed while generating (a server error, 500); ``reason`` says how."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

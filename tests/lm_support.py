@@ -3,8 +3,10 @@ downloaded), with a byte-level tokenizer, a chat template and LoRA adapters made
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -85,3 +87,65 @@ def write_adapter(base_dir: Path, out: Path, seed: int) -> Path:
         model = get_peft_model(base, config)
     model.save_pretrained(str(out))
     return out
+
+
+def base_into_registry(root: Path, seed: int = 0) -> tuple[Path, str]:
+    """A tiny base under ``root/bases/`` and its sha256 (what a version names)."""
+    from fedsys.registry.lm_base import tensors_sha256
+
+    directory = write_tiny_lm(root / "bases" / f"tiny-{seed}", seed)
+    return directory, tensors_sha256(tiny_llama(seed).state_dict())
+
+
+def adapter_tensors(seed: int, base_seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(peft config dict, adapter tensors as numpy) of a random LoRA adapter of the base."""
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = get_peft_model(tiny_llama(base_seed), config)
+    tensors = {k: v.detach().numpy().copy() for k, v in get_peft_model_state_dict(model).items()}
+    as_dict = config.to_dict()
+    as_dict["target_modules"] = sorted(as_dict["target_modules"])
+    return json.loads(json.dumps(as_dict, default=str)), tensors
+
+
+def publish_lm(
+    registry: Any,
+    key: Any,
+    name: str,
+    *,
+    base: str,
+    base_sha256: str,
+    adapter_seed: int | None = None,
+    merged_seed: int | None = None,
+) -> Any:
+    """Publish a language-model version: a LoRA adapter (``adapter_seed``), or whole weights
+    (``merged_seed``: the tiny Llama of that seed) on the base's config and tokenizer."""
+    from fedsys.registry import Lineage
+    from fedsys.registry.version_manifest import LanguageModelVersion
+
+    if adapter_seed is not None:
+        config, tensors = adapter_tensors(adapter_seed)
+        spec = LanguageModelVersion(
+            kind="adapter", base=base, base_sha256=base_sha256, adapter_config=config
+        )
+    else:
+        assert merged_seed is not None
+        tensors = {k: v.numpy().copy() for k, v in tiny_llama(merged_seed).state_dict().items()}
+        spec = LanguageModelVersion(kind="merged", base=base, base_sha256=base_sha256)
+    return registry.publish(
+        name,
+        tensors,
+        model={"name": "llama", "size": "tiny"},
+        input_shape=[256],
+        num_classes=VOCAB,
+        round=1,
+        metrics={"perplexity": 100.0},
+        lineage=Lineage(clients=2, strategy="fedavg"),
+        signing_key=key,
+        language_model=spec,
+    )

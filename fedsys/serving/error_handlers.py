@@ -20,6 +20,7 @@ from fedsys.errors import (
     CredentialsMissing,
     CredentialsRefused,
     FedsysError,
+    GenerationFailed,
     InvalidParameter,
     InvalidRequest,
     MalformedRequest,
@@ -41,6 +42,7 @@ STATUS: dict[type[FedsysError], int] = {
     UnsupportedMediaType: 415,
     InvalidRequest: 422,
     CapacityExceeded: 429,
+    GenerationFailed: 500,
     BatcherStopped: 503,
 }
 # The detail clients see where the reason is the endpoint's own business.

@@ -125,7 +125,7 @@ class GenerationEngine:
         return self
 
     def stop(self) -> None:
-        """End the thread; sequences still running finish with reason ``error``."""
+        """End the thread; sequences still running finish with reason ``shutdown``."""
         self._stopped = True
         if self._thread is not None:
             self._inbox.put(_STOP)
@@ -381,14 +381,14 @@ class GenerationEngine:
         outbox: dict[asyncio.AbstractEventLoop, list[tuple[_Sequence, Event]]],
     ) -> None:
         for seq in seqs:
-            self._finish(seq, "error", outbox, error="the endpoint is shutting down")
+            self._finish(seq, "shutdown", outbox)
         while True:  # anything queued after the stop marker
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return
             if isinstance(item, _Sequence):
-                self._finish(item, "error", outbox, error="the endpoint is shutting down")
+                self._finish(item, "shutdown", outbox)
             elif isinstance(item, _Command):
                 item.future.set_exception(BatcherStopped("the generation engine stopped"))
 

@@ -41,10 +41,11 @@ def _load_merged(directory: Path, weights: bytes, what: str) -> CausalLM:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+    # Built on the CPU, not the meta device: buffers outside the state dict (rotary
+    # frequencies) must be computed, and loading the weights overwrites the rest.
+    model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     try:
-        model.load_state_dict(_tensors(weights, what), strict=True, assign=True)
+        model.load_state_dict(_tensors(weights, what), strict=True)
     except RuntimeError as exc:
         raise ArtifactRejected(f"{what}: merged weights do not fit the base: {exc}") from None
     return from_module(model.eval(), load_tokenizer(directory), source=what)

@@ -27,6 +27,7 @@ from fedsys.serving.inputs import check_batch, read_body
 from fedsys.serving.live import ServedModel, softmax
 from fedsys.serving.oip import schemas
 from fedsys.serving.oip.tensors import HEADER_LENGTH, input_array, parse_request, wants_binary
+from fedsys.serving.openapi_bodies import json_body
 from fedsys.serving.protocol_errors import protocol_route
 from fedsys.serving.state import Serving, ServingState
 
@@ -44,15 +45,10 @@ router = APIRouter(route_class=protocol_route(oip_error), tags=["Open Inference 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": schemas.ErrorResponse} for code in (400, 401, 403, 404, 413, 415, 422, 503)
 }
-INFER_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": schemas.InferenceRequest.model_json_schema()},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
+INFER_BODY = json_body(
+    schemas.InferenceRequest,
+    **{"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+)
 
 
 def _fedsys_version() -> str:

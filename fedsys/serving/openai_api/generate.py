@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fedsys.errors import BatcherStopped, FedsysError, InvalidParameter
+from fedsys.errors import BatcherStopped, FedsysError, GenerationFailed, InvalidParameter
+from fedsys.serving.error_handlers import status_of
 from fedsys.serving.generation.events import Finished, TextDelta
 from fedsys.serving.generation.sampling import SamplingParams
 from fedsys.serving.generation.served import ServedLM
@@ -96,12 +97,22 @@ async def collect(handles: list[SequenceHandle]) -> list[Outcome]:
                 out[index].text += event.text
             else:
                 out[index].finish = event
-                if event.reason == "error":
-                    raise BatcherStopped(event.error or "generation failed")
+                failure = failure_of(event)
+                if failure is not None:
+                    raise failure
     finally:
         for h in handles:
             h.cancel()
     return out
+
+
+def failure_of(event: Finished) -> FedsysError | None:
+    """The error a sequence ended with, if it did not end normally."""
+    if event.reason == "shutdown":
+        return BatcherStopped("the endpoint stopped during generation")
+    if event.reason == "error":
+        return GenerationFailed(f"generation failed: {event.error}")
+    return None
 
 
 def usage(outcomes: list[Outcome]) -> dict[str, int]:
@@ -144,9 +155,9 @@ async def stream(
                 yield sse({**envelope, "choices": [choice(index, event.text, None)]})
                 continue
             finished[index].finish = event
-            if event.reason == "error":
-                body = openai_error(BatcherStopped(event.error or "generation failed"), 503)
-                yield sse(body)
+            failure = failure_of(event)
+            if failure is not None:
+                yield sse(openai_error(failure, status_of(failure)))
                 return
             yield sse({**envelope, "choices": [choice(index, "", finish_reason(event))]})
         if include_usage:

@@ -28,6 +28,7 @@ from fedsys.serving.openai_api.schemas import (
     CompletionRequest,
     ErrorResponse,
 )
+from fedsys.serving.openapi_bodies import json_body
 from fedsys.serving.protocol_errors import protocol_route
 from fedsys.serving.state import Serving, ServingState
 
@@ -37,15 +38,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 415, 429, 503)
 }
 Req = TypeVar("Req", bound=BaseModel)
-
-
-def _body(schema: type[BaseModel]) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": schema.model_json_schema()}},
-        }
-    }
 
 
 async def _parse(state: ServingState, request: Request, schema: type[Req]) -> Req:
@@ -71,7 +63,7 @@ def _models(state: ServingState) -> LanguageModels:
 
 @router.post(
     "/v1/completions",
-    openapi_extra=_body(CompletionRequest),
+    openapi_extra=json_body(CompletionRequest),
     responses={200: {"model": Completion}, **ERRORS},
 )
 async def completions(request: Request, state: Serving) -> Response:
@@ -98,7 +90,7 @@ async def completions(request: Request, state: Serving) -> Response:
 
 @router.post(
     "/v1/chat/completions",
-    openapi_extra=_body(ChatCompletionRequest),
+    openapi_extra=json_body(ChatCompletionRequest),
     responses={200: {"model": ChatCompletion}, **ERRORS},
 )
 async def chat_completions(request: Request, state: Serving) -> Response:
