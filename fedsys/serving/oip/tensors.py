@@ -70,7 +70,7 @@ def input_array(tensor: InputTensor, binary: memoryview, offset: int) -> tuple[n
                 f"{where}: binary_data_size {size} does not match shape {tensor.shape} of "
                 f"{tensor.datatype} ({count * dtype.itemsize} bytes)"
             )
-        arr = np.frombuffer(binary[offset : offset + size], dtype=dtype)
+        arr = np.frombuffer(binary[offset : offset + size], dtype=dtype).copy()  # writable
         return arr.reshape(tensor.shape), offset + size
     if tensor.data is None:
         raise InvalidRequest(f"{where}: has neither data nor parameters.binary_data_size")
