@@ -186,3 +186,33 @@ def test_a_published_adapter_is_served_next_to_the_previous_one(
     old = complete(client, model="lora@1", prompt="def", max_tokens=8)
     assert after["model"] == "lora@2" and old["model"] == "lora@1"
     assert old["choices"] == before["choices"] != after["choices"]
+
+
+def test_the_openai_sdk_unmodified(client: TestClient) -> None:
+    """The official client, its HTTP calls carried in-process (TestClient is an httpx.Client);
+    tests/test_protocol_clients.py runs it against ``fedsys serve`` (slow suite)."""
+    import openai
+
+    del client.headers["Authorization"]  # the SDK sends its own
+    sdk = openai.OpenAI(
+        base_url="http://testserver/v1", api_key=KEY, http_client=client, max_retries=0
+    )
+    assert {"lm", "lora", "lm@1"} <= {m.id for m in sdk.models.list()}
+    done = sdk.completions.create(model="lm", prompt="import", max_tokens=5, temperature=0)
+    assert done.usage is not None and done.usage.total_tokens == 6 + 5
+    streamed = sdk.completions.create(
+        model="lm", prompt="import", max_tokens=5, temperature=0, stream=True
+    )
+    text = "".join(c.choices[0].text for c in streamed if c.choices)
+    assert text == done.choices[0].text
+    chat = sdk.chat.completions.create(
+        model="lora", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
+    assert chat.choices[0].message.role == "assistant"
+    with pytest.raises(openai.NotFoundError):
+        sdk.completions.create(model="nope", prompt="x")
+    bad_key = openai.OpenAI(
+        base_url="http://testserver/v1", api_key="no", http_client=client, max_retries=0
+    )
+    with pytest.raises(openai.PermissionDeniedError):
+        bad_key.completions.create(model="lm", prompt="x")
