@@ -153,6 +153,13 @@ class GenerationEngine:
                 f"{limits.max_prompt_tokens}",
                 param="prompt",
             )
+        outside = [t for t in prompt if not 0 <= t < self.lm.vocab_size]
+        if outside:
+            raise InvalidParameter(
+                f"prompt token {outside[0]} is outside the vocabulary "
+                f"(0..{self.lm.vocab_size - 1})",
+                param="prompt",
+            )
         total = len(prompt) + params.max_tokens
         if total > self.lm.context_length:
             raise InvalidParameter(
@@ -284,11 +291,11 @@ class GenerationEngine:
                 use_cache=True,
                 logits_to_keep=1,
             )
+            token = next_tokens(out.logits[:, -1], [seq.params], [seq.generator])[0]
         except Exception as exc:  # a failing model answers the request, never ends the thread
             log.exception("prefill failed on %s", self.name)
             self._finish(seq, "error", outbox, error=str(exc))
             return
-        token = next_tokens(out.logits[:, -1], [seq.params], [seq.generator])[0]
         if self._accept(seq, token, outbox):
             batch.join(out.cache, len(seq.prompt))
             running.append(seq)
@@ -309,6 +316,9 @@ class GenerationEngine:
                 cache=batch.cache,
                 use_cache=True,
             )
+            tokens = next_tokens(
+                out.logits[:, -1], [s.params for s in running], [s.generator for s in running]
+            )
         except Exception as exc:
             log.exception("decoding step failed on %s", self.name)
             for seq in running:
@@ -319,9 +329,6 @@ class GenerationEngine:
         batch.advance(out.cache)
         if self.on_step is not None:
             self.on_step(len(running))
-        tokens = next_tokens(
-            out.logits[:, -1], [s.params for s in running], [s.generator for s in running]
-        )
         keep = [
             i
             for i, (s, t) in enumerate(zip(running, tokens, strict=True))

@@ -23,6 +23,7 @@ class CausalLM:
     source: str
     context_length: int
     eos_token_ids: frozenset[int]
+    vocab_size: int
 
     @property
     def chat_template(self) -> str | None:
@@ -78,4 +79,5 @@ def from_module(model: nn.Module, tokenizer: Any, *, source: str) -> CausalLM:
         elif isinstance(value, list | tuple):
             eos.update(int(v) for v in value)
     context = int(getattr(config, "max_position_embeddings", 0) or 2048)
-    return CausalLM(model.eval(), tokenizer, source, context, frozenset(eos))
+    vocab = int(model.get_input_embeddings().num_embeddings)  # type: ignore[operator]
+    return CausalLM(model.eval(), tokenizer, source, context, frozenset(eos), vocab)

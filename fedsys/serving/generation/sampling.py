@@ -41,7 +41,10 @@ def next_tokens(
         if gen is None:
             out.append(int(greedy[row]))
             continue
-        probs = torch.softmax(logits[row].float() / p.temperature, dim=-1)
+        # Shifted first: the best token scores 0 at any temperature, so a tiny temperature
+        # gives -inf for the others (greedy), never inf/inf.
+        row_logits = logits[row].double()
+        probs = torch.softmax((row_logits - row_logits.max()) / p.temperature, dim=-1)
         if p.top_p < 1.0:
             probs = _nucleus(probs, p.top_p)
         out.append(int(torch.multinomial(probs, 1, generator=gen).item()))

@@ -146,6 +146,9 @@ class LanguageModels:
         engine.stop()
 
     def stop(self) -> None:
+        """Stop every engine; nothing is served until versions are added again."""
         for engine in self._engines.values():
             engine.stop()
         self._engines.clear()
+        self._versions.clear()
+        self._active.clear()
