@@ -13,8 +13,8 @@ from fedsys.codec import UpdatePolicy, encode_update
 from fedsys.config import ExperimentConfig, build_config
 from fedsys.crypto import RoundBinding
 from fedsys.server.collect import RoundCollector
-from fedsys.server.loop import STREAMING_STRATEGIES
 from fedsys.server.strategies import build_strategy
+from fedsys.strategy_traits import traits_of
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -48,7 +48,7 @@ def _aggregate(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
         keys=None,
         client_ids={},
         keep_stragglers=True,
-        streaming=cfg.strategy.name in STREAMING_STRATEGIES and cfg.strategy.dp is None,
+        streaming=traits_of(cfg.strategy.name, dp=cfg.strategy.dp is not None).streaming,
     )
     for node, shift in enumerate(SHIFTS, start=1):
         collector.offer(_reply(node, shift))
