@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from fedsys.server.aggregate import Aggregated, aggregate, strategy_needs_replies
+from fedsys.server.aggregate import Aggregated, aggregate
 from fedsys.server.downlink import downlink_model, train_config
 from fedsys.server.federation import Federation
 from fedsys.server.outputs import round_record
@@ -27,6 +27,8 @@ def play_round(fed: Federation, peers: Peers, overlap: Overlap[Aggregated], rnd:
     started = overlap.begin()
     state.round = rnd
     state.seed_sampling()
+    # configure + downlink: the strategy samples nodes and builds the messages around the
+    # global model as it travels (fp32, or coded in the train config)
     down = downlink_model(
         state.model,
         cfg.codec.downlink,
@@ -36,19 +38,10 @@ def play_round(fed: Federation, peers: Peers, overlap: Overlap[Aggregated], rnd:
     config = train_config(cfg, fed.exchange_key, down)
     messages = list(state.strategy.configure_train(rnd, down.for_strategy, config, peers.grid))
     down.keep_off(messages)
-    received = overlap.during(
-        lambda clients_busy: receive(
-            cfg,
-            fed.policy,
-            state,
-            peers,
-            rnd,
-            messages,
-            streaming=traits.streaming,
-            build_record=strategy_needs_replies(traits),
-            clients_busy=clients_busy,
-        )
-    )
+    # collect: replies are checked and summed as they come; the previous round is completed
+    # while these clients train
+    received = overlap.during(lambda busy: receive(fed, peers, rnd, messages, busy))
+    # aggregate: one new model, or the current one and why
     new = aggregate(
         state.strategy, traits, rnd, received.result, state.model, cfg.strategy.min_accepted
     )
@@ -64,6 +57,7 @@ def play_round(fed: Federation, peers: Peers, overlap: Overlap[Aggregated], rnd:
         checkpoint=state.snapshot(state.wall_seconds()),
         refused=new.refused,
     )
+    # evaluate, publish, record, checkpoint: complete_round, now or during the next round
     overlap.finish(rnd, done)
 
 
