@@ -161,9 +161,5 @@ class InvalidRequest(RequestRefused):
     """The body reads, but what it says is not acceptable (schema, shape, values, artifact)."""
 
 
-class BatcherStopped(FedsysError):
+class BatcherStopped(RequestRefused):
     """The inference thread stopped before the request ran (the endpoint is shutting down)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
