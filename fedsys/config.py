@@ -13,10 +13,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from fedsys.codec.params import QUANTIZE_BITS, DownlinkScheme, PipelineParams, QuantizeScheme
 from fedsys.config_section import Section
 from fedsys.defense_config import AttackConfig, DefenseConfig
 from fedsys.defense_config import AttackName as AttackName  # re-exported
 from fedsys.errors import ConfigError
+from fedsys.strategy_traits import ROBUST_STRATEGIES as ROBUST_STRATEGIES  # re-exported
+from fedsys.strategy_traits import STRATEGY_TRAITS, names_where
+from fedsys.strategy_traits import StrategyName as StrategyName  # re-exported
 
 DatasetName = Literal["mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10"]
 PartitionerName = Literal["iid", "dirichlet", "shards", "natural"]
@@ -102,22 +106,6 @@ class TrainConfig(Section):
     timeout: float = Field(default=600.0, gt=0, description="Seconds to wait for replies.")
 
 
-StrategyName = Literal[
-    "fedavg",
-    "fedprox",
-    "fedavgm",
-    "fedadam",
-    "fedyogi",
-    "fedadagrad",
-    "fedmedian",
-    "fedtrimmedavg",
-    "krum",
-    "multikrum",
-    "bulyan",
-]
-ROBUST_STRATEGIES = frozenset({"fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"})
-
-
 class DPConfig(Section):
     """Flower's server-side differential-privacy wrappers."""
 
@@ -158,13 +146,13 @@ class StrategyConfig(Section):
     def keeps_stragglers(self) -> bool:
         if self.drop_stragglers is not None:
             return not self.drop_stragglers
-        return self.name == "fedprox"
+        return STRATEGY_TRAITS[self.name].keeps_stragglers
 
 
 class CodecConfig(Section):
     """How updates travel: clip -> top-k -> quantize -> wire format -> (encrypt)."""
 
-    quantize: Literal["none", "fp16", "int8", "int4"] = "none"
+    quantize: Literal["none", QuantizeScheme] = "none"  # the widths: fedsys.codec.params
     topk: float | None = Field(default=None, gt=0, le=1, description="Share of entries kept.")
     encrypt: bool = Field(default=False, description="Seal updates to the aggregator's key.")
     cipher: Literal["aes-256-gcm", "chacha20-poly1305"] = "aes-256-gcm"
@@ -180,11 +168,21 @@ class CodecConfig(Section):
     max_norm: float | None = Field(
         default=None, gt=0, description="Server: updates with a larger L2 norm are rejected."
     )
-    downlink: Literal["none", "fp16", "int8"] = Field(
+    downlink: DownlinkScheme = Field(
         default="none",
         description="How the global model travels to clients (int8: per-block scales, the "
         "server keeps the exact model).",
     )
+
+    def pipeline_params(self) -> PipelineParams:
+        """The codec's stage parameters: the one place the config maps onto the codec."""
+        return PipelineParams(
+            clip_norm=self.clip_norm,
+            topk=self.topk,
+            quantize=None if self.quantize == "none" else self.quantize,
+            block_size=self.block_size,
+            stochastic_rounding=self.stochastic_rounding,
+        )
 
 
 class SecAggConfig(Section):
@@ -240,7 +238,7 @@ class SecAggConfig(Section):
     def resolved_quant_bits(self, codec: CodecConfig) -> int:
         if self.quant_bits is not None:
             return self.quant_bits
-        return {"int8": 8, "int4": 4}.get(codec.quantize, 16)
+        return 16 if codec.quantize == "none" else QUANTIZE_BITS[codec.quantize]
 
     @model_validator(mode="after")
     def _check_widths(self) -> SecAggConfig:
@@ -357,7 +355,7 @@ class ExperimentConfig(Section):
             )
         if self.strategy.name == "fedprox" and self.strategy.proximal_mu == 0.0:
             raise ValueError("strategy.proximal_mu must be > 0 for fedprox (0 is plain FedAvg)")
-        if self.strategy.dp is not None and self.strategy.name in ROBUST_STRATEGIES:
+        if self.strategy.dp is not None and not STRATEGY_TRAITS[self.strategy.name].dp_compatible:
             raise ValueError(
                 f"strategy.dp cannot wrap the robust strategy {self.strategy.name!r}: "
                 "Flower's DP wrappers assume a weighted average"
@@ -384,11 +382,12 @@ class ExperimentConfig(Section):
         if not self.secagg.enabled:
             return self
         fix = "clip on the clients instead (codec.clip_norm)"
-        if self.strategy.name in ROBUST_STRATEGIES:
+        if not STRATEGY_TRAITS[self.strategy.name].secagg_compatible:
+            *others, last = names_where(lambda t: t.secagg_compatible)
             raise ValueError(
                 f"secagg.enabled: strategy {self.strategy.name!r} needs every client's update, "
-                "but secure aggregation reveals only their sum; use fedavg, fedprox, fedavgm, "
-                f"fedadam, fedyogi or fedadagrad, and {fix} to bound each client's influence"
+                f"but secure aggregation reveals only their sum; use {', '.join(others)} or "
+                f"{last}, and {fix} to bound each client's influence"
             )
         if self.strategy.dp is not None:
             raise ValueError(

@@ -233,6 +233,13 @@ def test_get_on_a_post_route_is_405_naming_the_method(client: TestClient, action
     assert f"POST /v1/models/{NAME}:{action}" in resp.json()["detail"]
 
 
+def test_predict_while_shutting_down_is_503(client: TestClient) -> None:
+    client.app.state.serving.batcher.stop()  # type: ignore[attr-defined]
+    resp = client.post(PREDICT, json={"instances": samples(1).tolist()})
+    assert resp.status_code == 503
+    assert resp.json() == {"detail": "the endpoint is shutting down; retry"}
+
+
 # --- listing -------------------------------------------------------------------------------
 
 
