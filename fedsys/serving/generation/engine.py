@@ -351,7 +351,7 @@ class GenerationEngine:
         seq.generated += 1
         seq.last_token = token
         reason: FinishReason | None = None
-        if token in self.lm.eos_token_ids:
+        if token in self.lm.eos_token_ids and not seq.params.ignore_eos:
             text, reason = seq.text.flush(), "stop"
         else:
             text = seq.text.add(token)

@@ -19,6 +19,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False  # run to max_tokens (benchmarks: equal lengths everywhere)
 
     def generator(self) -> torch.Generator | None:
         """The sequence's random stream; None when greedy."""

@@ -40,6 +40,7 @@ def sampling_params(req: _Sampling, max_tokens: int | None, default: int) -> Sam
         top_p=req.top_p,
         seed=req.seed,
         stop=req.stop_strings(),
+        ignore_eos=req.ignore_eos,
     )
 
 

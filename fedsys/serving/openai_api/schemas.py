@@ -44,6 +44,9 @@ class _Sampling(BaseModel):
     frequency_penalty: float = Field(default=0.0, ge=0.0, le=0.0, description="0 only.")
     logit_bias: dict[str, float] | None = Field(default=None, max_length=0)
     logprobs: None = None
+    ignore_eos: bool = Field(
+        default=False, description="Extension (as in vLLM): generate max_tokens tokens."
+    )
 
     @model_validator(mode="after")
     def _stop_list(self) -> _Sampling:
