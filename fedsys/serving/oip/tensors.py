@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from fedsys.errors import InvalidRequest, MalformedRequest
 from fedsys.serving.inputs import first_non_number
@@ -93,8 +94,6 @@ def input_array(tensor: InputTensor, binary: memoryview, offset: int) -> tuple[n
 
 
 def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, bytes]:
-    from pydantic import ValidationError
-
     head, binary = split_body(body, header_length)
     try:
         raw = json.loads(head)

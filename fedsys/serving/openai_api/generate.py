@@ -4,6 +4,7 @@ one JSON body, or server-sent events with one chunk per generated token and ``[D
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -17,7 +18,7 @@ from fedsys.serving.generation.events import Finished, TextDelta
 from fedsys.serving.generation.sampling import SamplingParams
 from fedsys.serving.generation.served import ServedLM
 from fedsys.serving.openai_api.errors import openai_error
-from fedsys.serving.openai_api.schemas import _Sampling
+from fedsys.serving.openai_api.schemas import SamplingFields
 
 if TYPE_CHECKING:
     from fedsys.serving.generation.engine import SequenceHandle
@@ -33,7 +34,7 @@ class Outcome:
     finish: Finished | None = None
 
 
-def sampling_params(req: _Sampling, max_tokens: int | None, default: int) -> SamplingParams:
+def sampling_params(req: SamplingFields, max_tokens: int | None, default: int) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens or default,
         temperature=req.temperature,
@@ -55,7 +56,7 @@ def submit_all(
                 # Each of n samples of a seeded request draws from its own stream.
                 seeded = params
                 if params.seed is not None and i:
-                    seeded = SamplingParams(**{**params.__dict__, "seed": params.seed + i})
+                    seeded = dataclasses.replace(params, seed=params.seed + i)
                 handles.append(served.engine.submit(prompt, seeded, served.adapter))
     except FedsysError:
         for h in handles:

@@ -25,7 +25,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Sampling(BaseModel):
+class SamplingFields(BaseModel):
     """What completions and chat completions share."""
 
     model_config = ConfigDict(extra="forbid")
@@ -49,7 +49,7 @@ class _Sampling(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _stop_list(self) -> _Sampling:
+    def _stop_list(self) -> SamplingFields:
         if isinstance(self.stop, list) and len(self.stop) > MAX_STOP:
             raise ValueError(f"stop: at most {MAX_STOP} sequences")
         return self
@@ -60,7 +60,7 @@ class _Sampling(BaseModel):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingFields):
     """``POST /v1/completions``."""
 
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]] = Field(
@@ -79,7 +79,7 @@ class ChatMessage(BaseModel):
     name: str | None = None
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(SamplingFields):
     """``POST /v1/chat/completions``; needs a base whose tokenizer has a chat template."""
 
     messages: list[ChatMessage] = Field(min_length=1)
