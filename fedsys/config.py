@@ -17,6 +17,7 @@ from fedsys.config_section import Section
 from fedsys.defense_config import AttackConfig, DefenseConfig
 from fedsys.defense_config import AttackName as AttackName  # re-exported
 from fedsys.errors import ConfigError
+from fedsys.scale_config import FedBuffConfig, FederatedEvalConfig, PopulationConfig
 
 DatasetName = Literal["mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10"]
 PartitionerName = Literal["iid", "dirichlet", "shards", "natural"]
@@ -37,6 +38,9 @@ class DataConfig(Section):
     synthetic_alpha: float = Field(default=1.0, ge=0, description="FedProx Synthetic(alpha, .)")
     synthetic_beta: float = Field(default=1.0, ge=0, description="FedProx Synthetic(., beta)")
     synthetic_devices: int = Field(default=30, ge=1)
+    synthetic_max_samples: int = Field(
+        default=10_000, ge=2, description="Cut on any Synthetic device's sample count."
+    )
     test_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="Held-out share for datasets without a test split."
     )
@@ -341,6 +345,11 @@ class ExperimentConfig(Section):
     publish: PublishConfig = Field(default_factory=PublishConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    population: PopulationConfig = Field(default_factory=PopulationConfig)
+    fedbuff: FedBuffConfig | None = Field(
+        default=None, description="Asynchronous buffered aggregation instead of rounds."
+    )
+    federated_eval: FederatedEvalConfig = Field(default_factory=FederatedEvalConfig)
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:

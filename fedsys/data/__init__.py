@@ -1,7 +1,15 @@
 """Datasets as in-memory arrays, and their deterministic split across clients."""
 
 from fedsys.data.partition import dirichlet, iid, natural, shards
-from fedsys.data.registry import clear_memo, client_partition, load_dataset, partition_indices
+from fedsys.data.registry import (
+    clear_memo,
+    client_partition,
+    client_test_partition,
+    dataset_info,
+    load_dataset,
+    load_test,
+    partition_indices,
+)
 from fedsys.data.types import ArrayDataset, DatasetInfo
 
 __all__ = [
@@ -9,9 +17,12 @@ __all__ = [
     "DatasetInfo",
     "clear_memo",
     "client_partition",
+    "client_test_partition",
+    "dataset_info",
     "dirichlet",
     "iid",
     "load_dataset",
+    "load_test",
     "natural",
     "partition_indices",
     "shards",
