@@ -346,8 +346,9 @@ class ExperimentConfig(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     population: PopulationConfig = Field(default_factory=PopulationConfig)
-    fedbuff: FedBuffConfig | None = Field(
-        default=None, description="Asynchronous buffered aggregation instead of rounds."
+    fedbuff: FedBuffConfig = Field(
+        default_factory=FedBuffConfig,
+        description="Asynchronous buffered aggregation instead of rounds (fedbuff.enabled).",
     )
     federated_eval: FederatedEvalConfig = Field(default_factory=FederatedEvalConfig)
 
@@ -385,6 +386,33 @@ class ExperimentConfig(Section):
                 "(use at_end, every_round or on_improvement)"
             )
         self.publish.mode = "at_end"
+        return self
+
+    @model_validator(mode="after")
+    def _check_fedbuff(self) -> ExperimentConfig:
+        """FedBuff applies a buffer of example-weighted deltas itself: refuse what cannot be
+        buffered that way, with the reason."""
+        if not self.fedbuff.enabled:
+            return self
+        if self.secagg.enabled:
+            raise ValueError(
+                "fedbuff.enabled: secure aggregation masks one fixed cohort that starts and "
+                "ends together (its pairwise masks cancel only in that cohort's sum), while "
+                "FedBuff's buffer fills with clients that started at different server "
+                "versions; turn one of them off (codec.encrypt still seals each update)"
+            )
+        if self.strategy.name not in ("fedavg", "fedprox") or self.strategy.dp is not None:
+            raise ValueError(
+                f"fedbuff.enabled: strategy {self.strategy.name!r}"
+                f"{' with strategy.dp' if self.strategy.dp is not None else ''} cannot run "
+                "asynchronously; FedBuff applies a staleness-weighted mean of deltas, so use "
+                "strategy.name fedavg or fedprox (server_lr is fedbuff.server_lr)"
+            )
+        if self.fedbuff.concurrency > self.data.num_partitions:
+            raise ValueError(
+                f"fedbuff.concurrency ({self.fedbuff.concurrency}) exceeds data.num_partitions "
+                f"({self.data.num_partitions})"
+            )
         return self
 
     @model_validator(mode="after")

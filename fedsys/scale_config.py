@@ -80,9 +80,11 @@ class FedBuffConfig(Section):
     weight (``inverse_sqrt``: 1/sqrt(1+s), ``polynomial``: (1+s)^-exponent, ``constant``: 1,
     s = server versions since the client downloaded), times ``server_lr``; a finished
     client's slot goes to a newly sampled client at once. ``train.rounds`` counts server
-    versions (aggregations).
+    versions (aggregations). Works with FedAvg and FedProx (client side), the codec,
+    encryption and resume; secure aggregation is refused (see ``ExperimentConfig``).
     """
 
+    enabled: bool = False
     concurrency: int = Field(default=10, ge=1)
     buffer_size: int = Field(default=10, ge=1, description="K: updates per aggregation.")
     staleness: StalenessName = "inverse_sqrt"

@@ -12,8 +12,10 @@ engine with one CPU per client:
 
 Figures per run (each a child process, killed whole on timeout):
 
-* ``startup_seconds``: from launching the command to the start of round 1 (round 1's line
-  appearing in the side's metrics file, minus round 1's own reported seconds);
+* ``startup_seconds``: from launching the command until round 1's line appears in the side's
+  metrics file, less one steady round (the median of rounds 2..R): Python, Ray and the
+  workers starting, data, and whatever a side does before it can train (fedsys's start-up
+  hello, where there is one);
 * ``seconds_per_round_steady``: mean time between consecutive rounds' lines, rounds 2..R;
 * ``driver_peak_rss_mib`` / ``tree_peak_rss_mib_sampled``: peak memory of the driver process
   and of its whole process tree (Ray's workers included).
@@ -52,7 +54,7 @@ RESULT = ROOT / "simulations" / "results" / "bench_scale.json"
 def _figures(rows: list[dict[str, Any]], arrivals: dict[int, float]) -> dict[str, Any]:
     stats = round_stats(rows, arrivals)
     first = min(int(r["round"]) for r in rows)
-    startup = arrivals.get(first, float("nan")) - stats["first_round_seconds"]
+    startup = arrivals.get(first, float("nan")) - stats["median_seconds_per_round_steady"]
     return {
         "startup_seconds": startup,
         "seconds_per_round_steady": stats["seconds_per_round_steady"],
@@ -164,7 +166,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                         print(f"  failed ({why}):\n{result['log_tail']}", file=sys.stderr)
                     entry[side] = result
                 if "plain" in entry and "fedsys" in entry:
-                    entry["ratio_startup"] = _ratio(entry["fedsys"], entry["plain"], "startup_seconds")
+                    entry["ratio_startup"] = _ratio(
+                        entry["fedsys"], entry["plain"], "startup_seconds"
+                    )
                     entry["ratio_seconds_per_round"] = _ratio(
                         entry["fedsys"], entry["plain"], "seconds_per_round_steady"
                     )

@@ -37,7 +37,9 @@ BATCH_SIZE = 10
 _CLIENT_DATA: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def client_data(partition_id: int, n: int = SAMPLES_PER_CLIENT) -> tuple[torch.Tensor, torch.Tensor]:
+def client_data(
+    partition_id: int, n: int = SAMPLES_PER_CLIENT
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Client ``partition_id``'s samples: its own labelling model and input mean."""
     if partition_id not in _CLIENT_DATA:
         rng = np.random.default_rng([7, partition_id])
@@ -126,9 +128,7 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=None)
     parser.add_argument("--metrics", type=Path, default=None)
     args = parser.parse_args()
-    app = make_server_app(
-        args.rounds, args.num_supernodes, args.sampled, args.report, args.metrics
-    )
+    app = make_server_app(args.rounds, args.num_supernodes, args.sampled, args.report, args.metrics)
     simulate(app, client_app, args.num_supernodes)
 
 

@@ -19,9 +19,9 @@ def test_staleness_weights() -> None:
     assert staleness_weight("polynomial", 3, exponent=1.0) == pytest.approx(0.25)
     assert staleness_weight("polynomial", 8, exponent=0.5) == pytest.approx(1 / 3)
     assert staleness_weight("constant", 50) == 1.0
-    with pytest.raises(ConfigError, match="unknown fedbuff.staleness"):
+    with pytest.raises(ConfigError, match=r"unknown fedbuff\.staleness"):
         staleness_weight("linear", 1)
-    with pytest.raises(ConfigError, match=">= 0"):
+    with pytest.raises(ConfigError, match=r">= 0"):
         staleness_weight("constant", -1)
 
 
@@ -94,3 +94,17 @@ def test_virtual_clock_orders_by_finish_then_key() -> None:
     assert (nxt.client, nxt.start, nxt.finish) == (4, 1.0, 2.0)
     assert clock.pop().client == 9 and math.isclose(clock.now, 10.0)
     assert len(clock) == 0
+
+
+def test_fedbuff_refuses_secure_aggregation_and_non_linear_strategies() -> None:
+    from fedsys.config import build_config
+    from fedsys.errors import ConfigError as Refused
+
+    with pytest.raises(Refused, match=r"secure aggregation masks one fixed cohort"):
+        build_config({"fedbuff": {"enabled": True}, "secagg": {"enabled": True}})
+    with pytest.raises(Refused, match=r"'krum'.*cannot run asynchronously"):
+        build_config({"fedbuff": {"enabled": True}, "strategy": {"name": "krum"}})
+    with pytest.raises(Refused, match=r"exceeds data\.num_partitions"):
+        build_config({"fedbuff": {"enabled": True, "concurrency": 20, "buffer_size": 5}})
+    cfg = build_config({"fedbuff": {"enabled": True}, "codec": {"encrypt": True}})
+    assert cfg.fedbuff.concurrency == 10

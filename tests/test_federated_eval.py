@@ -10,9 +10,10 @@ from fedsys.server.federated_eval import ClientEval, summarize
 
 
 def test_summary_weights_the_mean_and_reports_the_tail() -> None:
-    results = [ClientEval(k, n, loss=1.0 - a, accuracy=a) for k, (n, a) in enumerate(
-        [(100, 0.9), (100, 0.8), (10, 0.1), (50, 0.5)]
-    )]
+    results = [
+        ClientEval(k, n, loss=1.0 - a, accuracy=a)
+        for k, (n, a) in enumerate([(100, 0.9), (100, 0.8), (10, 0.1), (50, 0.5)])
+    ]
     s = summarize(results)
     assert s is not None
     assert s.clients == 4 and s.examples == 260
@@ -24,7 +25,11 @@ def test_summary_weights_the_mean_and_reports_the_tail() -> None:
 
 def test_summary_ignores_unusable_reports() -> None:
     assert summarize([]) is None
-    bad = [ClientEval(0, 0, 1.0, 0.5), ClientEval(1, 5, float("nan"), 0.5), ClientEval(2, 5, 1.0, 2.0)]
+    bad = [
+        ClientEval(0, 0, 1.0, 0.5),
+        ClientEval(1, 5, float("nan"), 0.5),
+        ClientEval(2, 5, 1.0, 2.0),
+    ]
     assert summarize(bad) is None
 
 

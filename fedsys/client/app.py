@@ -21,11 +21,12 @@ from fedsys.client.attack import attack_for
 from fedsys.client.holdout import holdout_mask
 from fedsys.client.node_state import state_root
 from fedsys.client.outbound import encode_delta, signing_key
+from fedsys.client.state_budget import budget_bytes, sampled_per_round
+from fedsys.client.virtual import client_id, partition_id
 from fedsys.codec.downlink import decode_global
 from fedsys.config import ExperimentConfig
 from fedsys.crypto import RoundBinding
 from fedsys.crypto.keys import public_to_raw, signing_key_from_pem
-from fedsys.client.virtual import client_id, partition_id
 from fedsys.data import client_partition, client_test_partition, dataset_info
 from fedsys.errors import FedsysError
 from fedsys.memory import keep_freed_memory
@@ -158,6 +159,12 @@ def _global_state(
     return arrays.to_torch_state_dict()
 
 
+def _state_budget(cfg: ExperimentConfig, delta: dict[str, torch.Tensor]) -> int:
+    """Bytes all clients' error-feedback residuals may take together on this node's disk."""
+    residual = 2 * 4 * sum(t.numel() for t in delta.values())  # two float32 slots
+    return budget_bytes(cfg.population.state_budget_mb, sampled_per_round(cfg), residual)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train on the local partition and reply with ``local - global`` plus metrics."""
@@ -210,6 +217,7 @@ def train(msg: Message, context: Context) -> Message:
         state_dir=state_root(cfg.runtime.node_state_dir),
         num_examples=stated,
         rewrite=(lambda p: attack.rewrite_payload(p, delta, stated)) if attack else None,
+        state_budget=_state_budget(cfg, delta),
     )
     record = attack.replace_record(outbound.record) if attack else outbound.record
     metrics = MetricRecord(

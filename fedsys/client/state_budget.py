@@ -21,6 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fedsys.config import ExperimentConfig
 
 DEFAULT_BUDGET_BYTES = 2 << 30
 
@@ -39,6 +43,14 @@ def budget_bytes(configured_mb: float | None, sampled: int, state_bytes: int) ->
     if configured_mb is not None:
         return int(configured_mb * (1 << 20))
     return max(DEFAULT_BUDGET_BYTES, sampled * state_bytes)
+
+
+def sampled_per_round(cfg: ExperimentConfig) -> int:
+    """Clients training at once: FedBuff's concurrency, else the round's sample size."""
+    if cfg.fedbuff.enabled:
+        return cfg.fedbuff.concurrency
+    n = cfg.data.num_partitions
+    return max(cfg.strategy.min_train_nodes, int(n * cfg.strategy.fraction_train))
 
 
 def to_evict(stored: Iterable[StoredState], incoming: StoredState, max_bytes: int) -> list[str]:

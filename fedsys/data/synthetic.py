@@ -123,7 +123,10 @@ def synthetic_test(
     time: the training samples are never all in memory together."""
     _check(devices, test_fraction)
     return _concatenate(
-        [synthetic_device(alpha, beta, k, test_fraction, seed, max_samples)[1] for k in range(devices)]
+        [
+            synthetic_device(alpha, beta, k, test_fraction, seed, max_samples)[1]
+            for k in range(devices)
+        ]
     )
 
 

@@ -33,9 +33,9 @@ class BufferedUpdate:
     """What the buffer records of one accepted update (for the metrics line)."""
 
     client: int
-    num_examples: int
+    num_examples: float  # the update's example weight, as the collector capped it
     staleness: int
-    weight: float
+    weight: float  # its staleness weight
 
 
 @dataclass
@@ -58,7 +58,7 @@ class FedBuffBuffer:
         return self.count >= self.size
 
     def add(
-        self, client: int, delta: Mapping[str, np.ndarray], num_examples: int, staleness: int
+        self, client: int, delta: Mapping[str, np.ndarray], num_examples: float, staleness: int
     ) -> BufferedUpdate:
         """Add one delta (``client``'s, trained ``staleness`` versions ago)."""
         if num_examples <= 0:
@@ -82,7 +82,7 @@ class FedBuffBuffer:
             else:
                 self.total[name] = scale * array
         self.examples += float(num_examples)
-        entry = BufferedUpdate(client, int(num_examples), int(staleness), s)
+        entry = BufferedUpdate(client, float(num_examples), int(staleness), s)
         self.entries.append(entry)
         return entry
 
@@ -125,6 +125,6 @@ class FedBuffBuffer:
         self.examples = float(examples) if isinstance(examples, int | float) else 0.0
         raw = meta.get("entries", [])
         self.entries = [
-            BufferedUpdate(int(c), int(n), int(s), float(w))
+            BufferedUpdate(int(c), float(n), int(s), float(w))
             for c, n, s, w in (raw if isinstance(raw, list) else [])
         ]
