@@ -326,6 +326,11 @@ class RuntimeConfig(Section):
         "<fedsys cache>/node-state, and in simulation /dev/shm/fedsys-node-state when every "
         "client's residual (two slots each) fits in a quarter of its free space.",
     )
+    ray_address: str | None = Field(
+        default=None,
+        description="Run the simulation on this existing Ray cluster (e.g. 10.0.0.5:6379, or "
+        "'auto'); default: RAY_ADDRESS if set, else a Ray instance started for the run.",
+    )
     progress: bool = Field(default=True, description="Live rich table per round.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
