@@ -12,7 +12,9 @@ import time
 import numpy as np
 
 from fedsys.server.aggregate import Aggregated, aggregate, strategy_needs_replies
+from fedsys.server.availability_round import drop_out, show_online
 from fedsys.server.downlink import downlink_model, train_config
+from fedsys.server.federated_rounds import federated_evaluation
 from fedsys.server.federation import Federation
 from fedsys.server.outputs import round_record
 from fedsys.server.overlap import Overlap
@@ -34,8 +36,13 @@ def play_round(fed: Federation, peers: Peers, overlap: Overlap[Aggregated], rnd:
         keeps_reference=traits.keeps_reference,
     )
     config = train_config(cfg, fed.exchange_key, down)
+    show_online(peers.grid, peers.key_of_node, cfg, rnd)  # simulated availability
     messages = list(state.strategy.configure_train(rnd, down.for_strategy, config, peers.grid))
+    peers.grid.visible = None
     down.keep_off(messages)
+    peers.assign(messages)  # simulation: which virtual client each node plays
+    sampled = len(messages)
+    messages, dropped = drop_out(messages, peers.key_of_node, cfg, rnd)
     received = overlap.during(
         lambda clients_busy: receive(
             cfg,
@@ -49,6 +56,7 @@ def play_round(fed: Federation, peers: Peers, overlap: Overlap[Aggregated], rnd:
             clients_busy=clients_busy,
         )
     )
+    received.result.rejected.extend(dropped)
     new = aggregate(
         state.strategy, traits, rnd, received.result, state.model, cfg.strategy.min_accepted
     )
@@ -58,7 +66,7 @@ def play_round(fed: Federation, peers: Peers, overlap: Overlap[Aggregated], rnd:
         started=started,
         model=state.model,
         result=received.result,
-        sampled=len(messages),
+        sampled=sampled,
         bytes_down_each=down.nbytes,
         secagg=received.secagg,
         checkpoint=state.snapshot(state.wall_seconds()),
@@ -67,7 +75,9 @@ def play_round(fed: Federation, peers: Peers, overlap: Overlap[Aggregated], rnd:
     overlap.finish(rnd, done)
 
 
-def complete_round(fed: Federation, done: Aggregated, next_start: float | None) -> None:
+def complete_round(
+    fed: Federation, peers: Peers, done: Aggregated, next_start: float | None
+) -> None:
     """Evaluate ``done``'s model, publish it, write its metrics line and its checkpoint.
 
     The round's ``seconds`` run from its start to the next round's start (``next_start``),
@@ -77,6 +87,7 @@ def complete_round(fed: Federation, done: Aggregated, next_start: float | None) 
     evaluation = fed.evaluator(done.model)
     end = next_start if next_start is not None else time.perf_counter()
     record = round_record(done, evaluation, end - done.started, fed.fp32_bytes)
+    federated_evaluation(fed, peers, done.round, record)
     record.published_version = _publish(fed, record, done.model)
     append_round(fed.paths.metrics, record)
     fed.checkpointer.write(done.checkpoint)
