@@ -44,6 +44,13 @@ class DataConfig(Section):
     synthetic_max_samples: int = Field(
         default=10_000, ge=2, description="Cut on any Synthetic device's sample count."
     )
+    synthetic_test_devices: int | None = Field(
+        default=None,
+        ge=1,
+        description="Synthetic: the server's central test set holds the test shares of this "
+        "many devices, spread evenly over the population (default: every device). Bounds the "
+        "server's start-up and memory at large populations.",
+    )
     test_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="Held-out share for datasets without a test split."
     )

@@ -79,7 +79,9 @@ def run_plain(n: int, k: int, rounds: int, work: Path, timeout: float) -> dict[s
     return {"ok": True, **run, **_figures(read_jsonl(metrics), arrivals)}
 
 
-def fedsys_settings(n: int, k: int, rounds: int, extra: list[str]) -> list[str]:
+def fedsys_settings(
+    n: int, k: int, rounds: int, extra: list[str], uncapped: bool = False
+) -> list[str]:
     settings = [
         f"name=scale-{n}",
         f"train.rounds={rounds}",
@@ -90,6 +92,9 @@ def fedsys_settings(n: int, k: int, rounds: int, extra: list[str]) -> list[str]:
         "model.name=logreg",
         "train.lr=0.05",
         "train.batch_size=10",
+        # the same work per client as the plain app: ~50 samples, 5 local steps
+        *([] if uncapped else ["data.synthetic_max_samples=60", "data.synthetic_test_devices=100"]),
+        "train.max_steps=5",
         f"strategy.fraction_train={k / n!r}",
         f"strategy.min_train_nodes={k}",
         f"strategy.min_available_nodes={k}",
@@ -100,11 +105,11 @@ def fedsys_settings(n: int, k: int, rounds: int, extra: list[str]) -> list[str]:
 
 
 def run_fedsys(
-    n: int, k: int, rounds: int, work: Path, timeout: float, extra: list[str]
+    n: int, k: int, rounds: int, work: Path, timeout: float, extra: list[str], uncapped: bool
 ) -> dict[str, Any]:
     out = work / "fedsys-out"
     args = ["simulate", "--out", str(out)]
-    for setting in fedsys_settings(n, k, rounds, extra):
+    for setting in fedsys_settings(n, k, rounds, extra, uncapped):
         args += ["--set", setting]
     metrics, summary = out / "metrics.jsonl", out / "summary.json"
     run, arrivals = run_watched(
@@ -152,7 +157,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     if side == "plain":
                         result = run_plain(n, k, args.rounds, work, args.timeout)
                     else:
-                        result = run_fedsys(n, k, args.rounds, work, args.timeout, args.set)
+                        result = run_fedsys(
+                            n, k, args.rounds, work, args.timeout, args.set, args.uncapped
+                        )
                     if result["ok"]:
                         print(
                             f"  start-up {result['startup_seconds']:.1f} s, "
@@ -219,6 +226,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--set", action="append", default=[], help="Extra fedsys setting.")
     parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument(
+        "--uncapped",
+        action="store_true",
+        help="Leave Synthetic's device sizes uncut (for fedsys versions without "
+        "data.synthetic_max_samples).",
+    )
     args = parser.parse_args()
     report = bench(args)
     save_report(report, args.out)

@@ -47,6 +47,7 @@ class _DataKey:
     cache_dir: Path | None = None
     seed: int | None = None
     synthetic: tuple[float, float, int, float, int] | None = None
+    test_devices: int | None = None  # Synthetic: devices in the central test set
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,9 @@ def _data_key(cfg: DataConfig, seed: int) -> _DataKey:
             cfg.test_fraction,
             cfg.synthetic_max_samples,
         )
-        return _DataKey(cfg.name, seed=seed, synthetic=params)
+        return _DataKey(
+            cfg.name, seed=seed, synthetic=params, test_devices=cfg.synthetic_test_devices
+        )
     if cfg.path is None:
         raise DataError(f"data.path is required for data.name={cfg.name!r}")
     return _DataKey(cfg.name, path=Path(cfg.path).expanduser().resolve())
@@ -198,14 +201,20 @@ def load_test(cfg: DataConfig, seed: int) -> tuple[ArrayDataset, DatasetInfo]:
     """(test, info): the server's held-out set without keeping the training set (Synthetic
     is made one device at a time; other datasets are loaded, and memoised, whole)."""
     if cfg.name == "synthetic":
-        key = _data_key(cfg, seed)
-        assert key.synthetic is not None and key.seed is not None
-        alpha, beta, devices, test_fraction, max_samples = key.synthetic
-        return synthetic_test(alpha, beta, devices, test_fraction, key.seed, max_samples), (
-            SYNTHETIC_INFO
-        )
+        with _LOCK:
+            return _synthetic_test(_data_key(cfg, seed)), SYNTHETIC_INFO
     _, test, info = load_dataset(cfg, seed)
     return test, info
+
+
+@functools.lru_cache(maxsize=_MAX_DATASETS)
+def _synthetic_test(key: _DataKey) -> ArrayDataset:
+    if key.synthetic is None or key.seed is None:
+        raise DataError(f"dataset {key.name!r} is not generated")
+    alpha, beta, devices, test_fraction, max_samples = key.synthetic
+    return synthetic_test(
+        alpha, beta, devices, test_fraction, key.seed, max_samples, key.test_devices
+    )
 
 
 def dataset_info(cfg: DataConfig, seed: int) -> DatasetInfo:
@@ -220,5 +229,6 @@ def clear_memo() -> None:
     with _LOCK:
         _client.cache_clear()
         _device.cache_clear()
+        _synthetic_test.cache_clear()
         _split.cache_clear()
         _load.cache_clear()

@@ -118,15 +118,19 @@ def synthetic_test(
     test_fraction: float,
     seed: int,
     max_samples: int = MAX_DEVICE_SAMPLES,
+    sample_devices: int | None = None,
 ) -> ArrayDataset:
-    """Only the test shares of all devices (the server's held-out set), one device at a
-    time: the training samples are never all in memory together."""
+    """The test shares of all devices, or of ``sample_devices`` of them spread evenly over
+    the population (the server's held-out set), made one device at a time: the training
+    samples are never all in memory together."""
     _check(devices, test_fraction)
+    chosen: list[int] = list(range(devices))
+    if sample_devices is not None and sample_devices < devices:
+        chosen = sorted(
+            {round(i * (devices - 1) / max(sample_devices - 1, 1)) for i in range(sample_devices)}
+        )
     return _concatenate(
-        [
-            synthetic_device(alpha, beta, k, test_fraction, seed, max_samples)[1]
-            for k in range(devices)
-        ]
+        [synthetic_device(alpha, beta, k, test_fraction, seed, max_samples)[1] for k in chosen]
     )
 
 

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from fedsys.population.speed import task_seconds
 from fedsys.server.aggregate import Aggregated, aggregate, strategy_needs_replies
 from fedsys.server.availability_round import drop_out, show_online
 from fedsys.server.downlink import downlink_model, train_config
@@ -42,6 +43,11 @@ def play_round(fed: Federation, peers: Peers, overlap: Overlap[Aggregated], rnd:
     down.keep_off(messages)
     peers.assign(messages)  # simulation: which virtual client each node plays
     sampled = len(messages)
+    # Simulated client speeds: a synchronous round lasts as long as its slowest client.
+    keys = [peers.key_of_node.get(m.metadata.dst_node_id, -1) for m in messages]
+    state.virtual_seconds += max(
+        (task_seconds(cfg.population.speed, cfg.runtime.seed, k) for k in keys), default=0.0
+    )
     messages, dropped = drop_out(messages, peers.key_of_node, cfg, rnd)
     received = overlap.during(
         lambda clients_busy: receive(
@@ -88,6 +94,8 @@ def complete_round(
     end = next_start if next_start is not None else time.perf_counter()
     record = round_record(done, evaluation, end - done.started, fed.fp32_bytes)
     federated_evaluation(fed, peers, done.round, record)
+    if fed.cfg.population.speed.distribution != "none":
+        record.virtual_seconds = float(done.checkpoint.extra.get("virtual_seconds", 0.0))
     record.published_version = _publish(fed, record, done.model)
     append_round(fed.paths.metrics, record)
     fed.checkpointer.write(done.checkpoint)
