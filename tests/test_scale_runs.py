@@ -49,7 +49,9 @@ class _Silent:
 def _run(
     out: Path, overrides: list[str], *, node_ids: list[int] | None = None, resume: bool = False
 ) -> RunSummary:
-    cfg = build_config({}, [*SMALL, *overrides])
+    # each run keeps its clients' residuals apart (what `fedsys simulate` does per run id)
+    state = f"runtime.node_state_dir={out.parent / (out.name + '-node-state')}"
+    cfg = build_config({}, [*SMALL, state, *overrides])
     grid = InProcessGrid(client_app, cfg.data.num_partitions, node_ids=node_ids)
     return run_federation(grid, cfg, out, _Silent(), resume=resume, simulation=True)
 
@@ -86,12 +88,14 @@ def test_fedbuff_runs_and_resumes(tmp_path: Path) -> None:
         "fedbuff.buffer_size=2",
         "population.speed.distribution=two_point",
         "population.speed.slow_fraction=0.3",
+        "codec.encrypt=true",  # sealed updates, keys learned from first replies
+        "codec.quantize=int8",  # with error feedback kept per client
         "train.rounds=4",
     ]
     full = _run(tmp_path / "full", fedbuff)
     rounds = read_rounds(tmp_path / "full" / "metrics.jsonl")
     assert [r.round for r in rounds] == [1, 2, 3, 4] and full.rounds == 4
-    assert all(r.clients == 2 for r in rounds)
+    assert all(r.clients == 2 and r.rejected == [] for r in rounds)
     assert rounds[-1].virtual_seconds is not None and rounds[-1].virtual_seconds > 0
     assert any((r.staleness_max or 0) > 0 for r in rounds)  # slots refill while others train
     # the same seed, the same asynchronous run
