@@ -123,8 +123,19 @@ def run_fedsys(
         **run,
         **_figures(rows, arrivals),
         "rejected": sum(len(r.get("rejected", [])) for r in rows),
+        "rejected_reasons": _reasons(rows),
         "model_sha256": _sha256(out / "model.safetensors"),
     }
+
+
+def _reasons(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """How many updates were rejected for each reason (its text up to the first '(')."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        for rejection in row.get("rejected", []):
+            reason = str(rejection.get("reason", "")).split("(")[0].strip()
+            counts[reason] = counts.get(reason, 0) + 1
+    return counts
 
 
 def _sha256(path: Path) -> str | None:

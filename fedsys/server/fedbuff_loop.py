@@ -25,6 +25,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from fedsys.crypto import RoundBinding
+from fedsys.errors import FedsysError
 from fedsys.fedbuff import FedBuffBuffer, InFlight, VirtualClock
 from fedsys.population import Availability, dropped_out, sample_keys
 from fedsys.population.speed import task_seconds
@@ -41,6 +42,11 @@ log = logging.getLogger("fedsys")
 
 POLL_SECONDS = 0.01
 _SAMPLING_SALT = 0xFB
+MAX_IDLE_PERIODS = 10_000  # simulated task lengths with nobody online or in flight: give up
+
+
+class NobodyOnline(FedsysError):
+    """No client came online for a long simulated time; the run cannot go on."""
 
 
 @dataclass
@@ -82,12 +88,20 @@ class FedBuffServer:
 
     def run(self) -> None:
         state, rounds = self.fed.state, self.fed.cfg.train.rounds
+        idle = 0
         while state.round < rounds:
             self._fill()
             task = self.clock.peek()
-            if task is None:  # nobody available: simulated time moves on one task length
+            if task is None:  # nobody online: simulated time moves on by one task length
+                idle += 1
+                if idle > MAX_IDLE_PERIODS:
+                    raise NobodyOnline(
+                        f"no client was online for {MAX_IDLE_PERIODS} simulated task lengths "
+                        "(population.availability)"
+                    )
                 self.clock.advance_to(self.clock.now + self.fed.cfg.population.speed.task_seconds)
                 continue
+            idle = 0
             reply = self._await(task.client)
             self.clock.pop()
             self._take(task, reply)
@@ -102,13 +116,17 @@ class FedBuffServer:
         version = self.fed.state.round
         busy = self.clock.busy()
         idle = self.keys[[k not in busy for k in self.keys.tolist()]]
-        online = idle[self.availability.online(version + 1, idle)]
+        online = idle[self.availability.online(self._period(), idle)]
         if len(online) == 0:
             return
         rng = self._rng()
         chosen = sample_keys(rng, online, min(free, len(online)))
         for key in chosen.tolist():
             self._dispatch(int(key), version)
+
+    def _period(self) -> int:
+        """Availability changes once per simulated task length (the fastest client's)."""
+        return int(self.clock.now // self.fed.cfg.population.speed.task_seconds) + 1
 
     def _rng(self) -> np.random.Generator:
         """One stream per (version, tasks dispatched so far): resumable from the version."""
@@ -122,7 +140,7 @@ class FedBuffServer:
         duration = task_seconds(cfg.population.speed, self.seed, key)
         task = self.clock.start(key, version, duration)
         self.window.dispatched += 1
-        if dropped_out(cfg.population.availability, self.seed, version + 1, key):
+        if dropped_out(cfg.population.availability, self.seed, self._period(), key):
             self.silent.add(key)  # never replies: its slot frees when it would have finished
             return
         down, config = self._downlink(version)
