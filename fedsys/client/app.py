@@ -106,15 +106,16 @@ def _split_tensors(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The client's training data (``held_out`` False) or its own evaluation data (True).
 
-    Without federated evaluation the client trains on everything it holds. With it, the
-    evaluation data is the client's own test share where the dataset has one, else a seeded
-    share of its partition that it never trains on (``fedsys.client.holdout``).
+    Without federated evaluation the client trains (and, if asked, evaluates) on everything
+    it holds. With it, the evaluation data is the client's own test share where the dataset
+    has one, else a seeded share of its partition that it never trains on
+    (``fedsys.client.holdout``).
     """
     cfg = _parse_config(config_json)
     fed = cfg.federated_eval
     x, y = _local_tensors(config_json, seed, context, pid)
-    if not fed.enabled:
-        return (x, y) if not held_out else (x[:0], y[:0])
+    if not fed.enabled:  # nothing held out: an evaluation request sees the local data
+        return x, y
     deployed = bool(context.node_config.get("data-path"))
     own = None if deployed else _own_test_tensors(config_json, seed, pid)
     if own is not None:
