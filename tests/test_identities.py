@@ -28,9 +28,24 @@ def _reply(node: int, claimed_id: str, key: Ed25519PrivateKey, examples: int) ->
     return reply
 
 
-def test_keys_follow_registration_sorted_and_are_trusted_on_first_use(task_identity: None) -> None:
-    clients = VirtualClients([11, 42, 97])  # sorted node ids: node 42 plays client 1
-    assert clients.key_of_node == {11: 0, 42: 1, 97: 2}
+class _Registered:
+    """What VirtualClients asks of a grid: the registered node ids, in any order."""
+
+    def __init__(self, node_ids: list[int]) -> None:
+        self.node_ids = node_ids
+
+    def get_node_ids(self) -> list[int]:
+        return self.node_ids
+
+
+def test_a_sampled_key_gets_a_free_node_and_its_key_on_first_use(task_identity: None) -> None:
+    clients = VirtualClients(_Registered([97, 42]), population=3)  # type: ignore[arg-type]
+    assert clients.node_for(1) == 42  # the first free registered node
+    assert clients.node_for(1) == 42  # and it keeps playing client 1
+    assert clients.node_for(0) == 97
+    clients.grid.node_ids.append(11)  # type: ignore[attr-defined]  # registers later
+    assert clients.node_for(2) == 11
+    assert clients.key_of_node == {42: 1, 97: 0, 11: 2}
     assert clients.client_ids[42] == "sim-1"
     first, second = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     # the node claims another client's name: the key is filed under the assigned one
@@ -41,5 +56,5 @@ def test_keys_follow_registration_sorted_and_are_trusted_on_first_use(task_ident
     clients.learn(_reply(42, "sim-1", second, examples=999))
     assert public_to_raw(clients.allow_list["sim-1"]) == public_to_raw(first.public_key())
     assert clients.declared_examples == {42: 30}
-    clients.learn(_reply(5, "sim-2", second, examples=1))  # not a node of this run
+    clients.learn(_reply(5, "sim-2", second, examples=1))  # plays no client
     assert set(clients.allow_list) == {"sim-1"}

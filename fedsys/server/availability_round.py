@@ -13,22 +13,17 @@ from flwr.app import Message
 from fedsys.config import ExperimentConfig
 from fedsys.population import Availability, dropped_out
 from fedsys.server.collect import Rejection
-from fedsys.server.grid_view import StableOrderGrid
 
 DROPPED = "dropped out before replying (population.availability.dropout)"
 
 
-def show_online(
-    grid: StableOrderGrid, key_of_node: dict[int, int], cfg: ExperimentConfig, rnd: int
-) -> None:
-    """Make ``grid`` list only the nodes whose clients are online in round ``rnd``."""
+def online_keys(all_keys: list[int], cfg: ExperimentConfig, rnd: int) -> set[int] | None:
+    """The clients online in round ``rnd`` (None: availability is not simulated)."""
     if cfg.population.availability.model == "always":
-        grid.visible = None
-        return
-    nodes = sorted(key_of_node, key=key_of_node.__getitem__)
-    keys = np.array([key_of_node[n] for n in nodes], dtype=np.int64)
+        return None
+    keys = np.array(all_keys, dtype=np.int64)
     online = Availability(cfg.population.availability, cfg.runtime.seed).online(rnd, keys)
-    grid.visible = {n for n, up in zip(nodes, online.tolist(), strict=True) if up}
+    return {int(k) for k in keys[online]}
 
 
 def drop_out(

@@ -74,8 +74,7 @@ class FedBuffServer:
         self.seed = cfg.runtime.seed
         self.buffer = FedBuffBuffer(settings.buffer_size, settings.staleness, settings.exponent)
         self.clock = VirtualClock(now=fed.state.virtual_seconds)
-        self.node_of_key = {key: node for node, key in peers.key_of_node.items()}
-        self.keys = np.array(sorted(self.node_of_key), dtype=np.int64)
+        self.keys = np.array(peers.all_keys(), dtype=np.int64)
         self.availability = Availability(cfg.population.availability, self.seed)
         self.waiting: dict[str, InFlight] = {}  # message id -> task
         self.deadline: dict[int, float] = {}  # client key -> monotonic deadline
@@ -149,7 +148,7 @@ class FedBuffServer:
         content = RecordDict({"arrays": down.for_strategy, "config": config})
         msg = Message(
             content=content,
-            dst_node_id=self.node_of_key[key],
+            dst_node_id=self.peers.node_for(key),
             message_type=MessageType.TRAIN,
             group_id=str(version + 1),
         )
@@ -203,7 +202,7 @@ class FedBuffServer:
 
     def _take(self, task: InFlight, reply: Message | None) -> None:
         """Validate one reply and add it to the buffer with its staleness weight."""
-        node = self.node_of_key[task.client]
+        node = self.peers.node_for(task.client)
         if reply is None:
             self.window.rejected.append(
                 RejectedUpdate(node=node, reason="no reply (dropped out or train.timeout)")

@@ -30,7 +30,7 @@ _SALT = 0xE7A1
 def evaluation_sample(fed: Federation, peers: Peers, rnd: int) -> list[int]:
     """The stable keys of the clients that evaluate after round ``rnd``."""
     settings = fed.cfg.federated_eval
-    keys = np.array(sorted(peers.key_of_node.values()), dtype=np.int64)
+    keys = np.array(peers.all_keys(), dtype=np.int64)
     keys = keys[
         Availability(fed.cfg.population.availability, fed.cfg.runtime.seed).online(rnd, keys)
     ]
@@ -60,7 +60,6 @@ def federated_evaluation(fed: Federation, peers: Peers, rnd: int, record: RoundR
 
 
 def _evaluate(fed: Federation, peers: Peers, rnd: int) -> FederatedEval | None:
-    node_of_key = {key: node for node, key in peers.key_of_node.items()}
     arrays = ArrayRecord({k: Array(v) for k, v in fed.state.model.items()})
     config_json, seed = fed.cfg.to_json(), fed.cfg.runtime.seed
     messages = []
@@ -71,7 +70,7 @@ def _evaluate(fed: Federation, peers: Peers, rnd: int) -> FederatedEval | None:
         messages.append(
             Message(
                 content=RecordDict({"arrays": arrays, "config": config}),
-                dst_node_id=node_of_key[key],
+                dst_node_id=peers.node_for(key),
                 message_type=MessageType.EVALUATE,
                 group_id=str(rnd),
             )

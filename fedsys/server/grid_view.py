@@ -61,3 +61,20 @@ class StableOrderGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         return self._inner.send_and_receive(messages, timeout=timeout)
+
+
+class KeyGrid(StableOrderGrid):
+    """Simulation: Flower's strategies sample stable client keys 0..N-1 (``get_node_ids``),
+    not node ids; the round then gives each sampled key its node (``Peers.assign``).
+
+    ``visible`` holds keys here (the clients online this round)."""
+
+    def __init__(self, inner: Grid, key_of_node: dict[int, int], population: int) -> None:
+        super().__init__(inner, {})
+        self._labels = key_of_node  # filled as keys get nodes: order_key follows it
+        self.population = population
+
+    def get_node_ids(self) -> Iterable[int]:
+        if self.visible is None:
+            return range(self.population)
+        return sorted(k for k in self.visible if 0 <= k < self.population)

@@ -1,11 +1,15 @@
 """Who the clients are, learned without asking every node.
 
-Simulation: the server assigns each registered node a stable key 0..N-1 (its data partition,
-``fedsys.client-key`` in every message) by sorting the node ids once all N virtual nodes have
-registered, which costs no message at all. The sampled nodes' signing keys arrive with their
-replies (a ``NodeHello`` beside the update) and are trusted on first use for the client id
-the server assigned, never for one the node claims; so with encryption on no honest update
-is refused for a key the server has not yet seen.
+Simulation: the server samples stable client keys 0..N-1 (data partitions), never Flower's
+random node ids, and gives a sampled key a node only when it is first needed: the first
+registered node not yet playing a client, named in every message it gets
+(``fedsys.client-key``). Which node plays which key changes nothing a client computes (its
+data, seeds, residuals and name derive from the key), so a seed gives the same run whatever
+Flower's node ids or the order and timing of registration, and start-up waits for no one
+beyond the first sample. The sampled clients' signing keys arrive with their replies (a
+``NodeHello`` beside the update) and are trusted on first use for the client id the server
+assigned, never for one the node claims; so with encryption on no honest update is refused
+for a key the server has not yet seen.
 
 Deployment keeps the start-up hello (``fedsys.server.hello``): nodes name themselves, and the
 allow-list comes from files.
@@ -35,38 +39,42 @@ class RegistrationTimeout(FedsysError):
     """Fewer virtual nodes registered than the population within the timeout."""
 
 
-def wait_for_nodes(grid: Grid, population: int, timeout: float) -> list[int]:
-    """All ``population`` node ids, sorted, once registered (polling the link state only)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        node_ids = sorted(grid.get_node_ids())
-        if len(node_ids) >= population:
-            return node_ids[:population]
-        if time.monotonic() > deadline:
-            raise RegistrationTimeout(
-                f"{len(node_ids)} of {population} simulated nodes registered within "
-                f"{timeout:.0f} s (train.timeout)"
-            )
-        time.sleep(POLL_SECONDS)
-
-
 @dataclass
 class VirtualClients:
-    """Node id <-> stable key, and what replies taught the server about each client."""
+    """Stable key <-> node, assigned on first need, and what replies taught the server."""
 
-    node_of_key: list[int]
+    grid: Grid
+    population: int
+    timeout: float = 600.0  # longest wait for a registered node that plays no client yet
+    node_of_key: dict[int, int] = field(default_factory=dict)
     key_of_node: dict[int, int] = field(default_factory=dict)
     client_ids: dict[int, str] = field(default_factory=dict)  # node -> client id
     declared_examples: dict[int, int] = field(default_factory=dict)  # node -> examples
     allow_list: dict[str, Ed25519PublicKey] = field(default_factory=dict)
+    _free: list[int] = field(default_factory=list)  # registered, playing no client (desc.)
 
-    def __post_init__(self) -> None:
-        self.key_of_node = {node: key for key, node in enumerate(self.node_of_key)}
-        self.client_ids = {node: f"sim-{key}" for key, node in enumerate(self.node_of_key)}
-
-    @property
-    def population(self) -> int:
-        return len(self.node_of_key)
+    def node_for(self, key: int) -> int:
+        """The node that plays client ``key``; a free registered node on first need."""
+        node = self.node_of_key.get(key)
+        if node is not None:
+            return node
+        if not 0 <= key < self.population:
+            raise ValueError(f"client key {key} is outside 0..{self.population - 1}")
+        deadline = time.monotonic() + self.timeout
+        while not self._free:
+            self._free = sorted(set(self.grid.get_node_ids()) - set(self.key_of_node))[::-1]
+            if self._free:
+                break
+            if time.monotonic() > deadline:
+                raise RegistrationTimeout(
+                    f"no free simulated node registered within {self.timeout:.0f} s "
+                    f"({len(self.key_of_node)} of {self.population} play a client)"
+                )
+            time.sleep(POLL_SECONDS)
+        node = self._free.pop()
+        self.node_of_key[key], self.key_of_node[node] = node, key
+        self.client_ids[node] = f"sim-{key}"
+        return node
 
     def learn(self, reply: Message) -> None:
         """Take a reply's introduction (signing key, examples) for the node's assigned client.

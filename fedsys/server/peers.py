@@ -1,8 +1,9 @@
 """The nodes of a run: who each one is, and the keys their updates are checked with.
 
-Simulation learns nothing by asking: every registered node is given a stable key (its data
-partition, ``fedsys.server.identities``), and a client's signing key arrives with its first
-reply. Deployment keeps the start-up hello, with the allow-list from files.
+Simulation learns nothing by asking: strategies sample stable client keys (data partitions),
+a sampled key gets a node on first need (``fedsys.server.identities``), and a client's
+signing key arrives with its first reply. Deployment keeps the start-up hello, with the
+allow-list from files.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from flwr.serverapp import Grid
 from fedsys.config import ExperimentConfig
 from fedsys.crypto import AggregatorKeys
 from fedsys.protocol import CLIENT_KEY
-from fedsys.server.grid_view import StableOrderGrid
+from fedsys.server.grid_view import KeyGrid, StableOrderGrid
 from fedsys.server.hello import allow_list, hello
-from fedsys.server.identities import VirtualClients, wait_for_nodes
+from fedsys.server.identities import VirtualClients
 from fedsys.server.progress import Reporter
 
 
@@ -31,24 +32,48 @@ def _ignore(_reply: Message) -> None:
 class Peers:
     """Who the nodes are, and the keys their updates are checked with."""
 
-    grid: StableOrderGrid  # node ids in a stable order, for reproducible sampling
+    grid: StableOrderGrid  # what strategies sample from, in a stable order
     client_ids: dict[int, str]  # node -> client id
     declared_examples: dict[int, int]  # node -> training examples it declared
     keys: AggregatorKeys | None  # the aggregator's key and allow-list (codec.encrypt)
     key_of_node: dict[int, int] = field(default_factory=dict)  # node -> stable client key
     # What a reply teaches about its sender before it is checked (simulation: its key).
     learn: Callable[[Message], None] = _ignore
-    assigns_clients: bool = False  # messages name the virtual client (simulation)
+    virtual: VirtualClients | None = None  # simulation: keys get nodes on first need
+
+    def all_keys(self) -> list[int]:
+        """Every client's stable key (simulation: 0..N-1, whether its node exists yet)."""
+        if self.virtual is not None:
+            return list(range(self.virtual.population))
+        return sorted(self.key_of_node.values())
+
+    def node_for(self, key: int) -> int:
+        """The node that plays client ``key``."""
+        if self.virtual is not None:
+            return self.virtual.node_for(key)
+        for node, k in self.key_of_node.items():
+            if k == key:
+                return node
+        raise KeyError(f"no node holds client key {key}")
+
+    def show_online(self, online_keys: set[int] | None) -> None:
+        """Let the strategy sample only among ``online_keys`` (None: everyone)."""
+        if online_keys is None or self.virtual is not None:
+            self.grid.visible = online_keys
+        else:
+            self.grid.visible = {n for n, k in self.key_of_node.items() if k in online_keys}
 
     def assign(self, messages: list[Message]) -> None:
-        """Simulation: name in each message the virtual client its node plays.
+        """Simulation: address each sampled client's message to the node that plays it, and
+        name the client in it.
 
         Flower's strategies put one RecordDict into every message, so each message gets its
         own copy of the content with its own config record (the arrays are shared)."""
-        if not self.assigns_clients:
+        if self.virtual is None:
             return
         for msg in messages:
-            key = self.key_of_node[msg.metadata.dst_node_id]
+            key = msg.metadata.dst_node_id  # a key: strategies sample from ``KeyGrid``
+            msg.metadata.dst_node_id = self.virtual.node_for(key)
             content = RecordDict()
             for name, record in msg.content.items():
                 if isinstance(record, ConfigRecord):
@@ -97,15 +122,14 @@ def _virtual(
     grid: Grid, cfg: ExperimentConfig, reporter: Reporter, exchange_key: X25519PrivateKey | None
 ) -> Peers:
     population = cfg.data.num_partitions
-    reporter.stage(f"waiting for the {population} simulated nodes to register")
-    clients = VirtualClients(wait_for_nodes(grid, population, cfg.train.timeout))
-    reporter.stage(f"{population} nodes registered")
+    reporter.stage(f"{population} simulated clients; nodes are given them as they are sampled")
+    clients = VirtualClients(grid, population, cfg.train.timeout)
     return Peers(
-        grid=StableOrderGrid(grid, clients.key_of_node),
+        grid=KeyGrid(grid, clients.key_of_node, population),
         client_ids=clients.client_ids,
         declared_examples=clients.declared_examples,
         keys=AggregatorKeys(exchange_key, clients.allow_list) if exchange_key else None,
         key_of_node=clients.key_of_node,
         learn=clients.learn,
-        assigns_clients=True,
+        virtual=clients,
     )

@@ -13,7 +13,7 @@ import numpy as np
 
 from fedsys.population.speed import task_seconds
 from fedsys.server.aggregate import Aggregated, aggregate, strategy_needs_replies
-from fedsys.server.availability_round import drop_out, show_online
+from fedsys.server.availability_round import drop_out, online_keys
 from fedsys.server.downlink import downlink_model, train_config
 from fedsys.server.federated_rounds import federated_evaluation
 from fedsys.server.federation import Federation
@@ -37,9 +37,9 @@ def play_round(fed: Federation, peers: Peers, overlap: Overlap[Aggregated], rnd:
         keeps_reference=traits.keeps_reference,
     )
     config = train_config(cfg, fed.exchange_key, down)
-    show_online(peers.grid, peers.key_of_node, cfg, rnd)  # simulated availability
+    peers.show_online(online_keys(peers.all_keys(), cfg, rnd))  # simulated availability
     messages = list(state.strategy.configure_train(rnd, down.for_strategy, config, peers.grid))
-    peers.grid.visible = None
+    peers.show_online(None)
     down.keep_off(messages)
     peers.assign(messages)  # simulation: which virtual client each node plays
     sampled = len(messages)
