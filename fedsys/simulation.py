@@ -83,9 +83,9 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
     # Imported here: Flower and Ray are heavy, and `fedsys --help` should stay instant.
     from flwr.simulation import run_simulation
 
-    from fedsys.client.app import app as client_app
+    from fedsys.client.client_app import app as client_app
     from fedsys.data import load_test
-    from fedsys.server.app import Launch, make_server_app
+    from fedsys.server.server_app import Launch, make_server_app
 
     # Fail on missing or unreadable data here, before Ray and the virtual nodes start (the
     # test set only: a generated population's training data is made by its clients).
@@ -101,7 +101,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
     }
     endpoint: contextlib.AbstractContextManager[str | None] = contextlib.nullcontext()
     if cfg.serve.enabled:  # serve the run's registry while it trains (fedsys/serving)
-        from fedsys.serving.loop_close import endpoint_for
+        from fedsys.simulation_endpoint import endpoint_for
 
         endpoint = endpoint_for(cfg, out_dir)
     with endpoint as url:
@@ -119,7 +119,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
             backend_config=backend_config,  # type: ignore[arg-type]
         )
         if url is not None:
-            from fedsys.serving.loop_close import close_loop
+            from fedsys.simulation_endpoint import close_loop
 
             close_loop(cfg, out_dir, url)
     if (out_dir / "summary.json").exists():

@@ -21,9 +21,9 @@ from fedsys.deploy.lifetime import (
     Lifetime,
     check_port_free,
     marked_processes,
-    parent_death_signal,
 )
 from fedsys.deploy.supervise import Child
+from fedsys.processes import parent_death_signal
 from fedsys.server.durable import RoundGate
 from fedsys.server.outlock import OutputDirBusy, exclusive_output_dir
 
@@ -81,7 +81,7 @@ def test_a_child_dies_with_its_daemon_even_when_the_daemon_is_sigkilled(tmp_path
     # prints its pid, and is then SIGKILLed: the sleeper must go too.
     code = (
         "import subprocess, sys, time\n"
-        "from fedsys.deploy.lifetime import parent_death_signal\n"
+        "from fedsys.processes import parent_death_signal\n"
         f"p = subprocess.Popen({SLEEPER!r}, preexec_fn=parent_death_signal(),"
         " start_new_session=True)\n"
         "print(p.pid, flush=True)\n"
@@ -166,9 +166,9 @@ def test_resume_fills_a_lost_publish_and_records_an_unrecoverable_one(tmp_path: 
     from fedsys.config import ExperimentConfig
     from fedsys.data import load_dataset
     from fedsys.models import build_model
+    from fedsys.registry.publisher import Publisher
     from fedsys.server.publish_resume import reconcile_publishes
     from fedsys.server.records import RoundRecord, read_rounds
-    from fedsys.serving.publisher import Publisher
 
     cfg = ExperimentConfig.model_validate(
         {"name": "rp", "model": {"channels": 4}, "publish": {"mode": "every_round"}}

@@ -49,7 +49,7 @@ def test_a_clients_evaluation_reads_only_its_own_held_out_data(
     evaluates on exactly the samples that client never trains on."""
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
-    from fedsys.client import app as client_module
+    from fedsys.client import client_app as client_module
     from fedsys.config import build_config
     from fedsys.data import client_partition, dataset_info
     from fedsys.inprocess import InProcessGrid

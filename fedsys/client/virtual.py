@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from flwr.app import Context
 
+from fedsys.client.node_config import NodeConfig
 from fedsys.protocol import CLIENT_KEY
 
 
@@ -20,11 +21,11 @@ def partition_id(context: Context, config: Mapping[str, object] | None = None) -
         assigned = config.get(CLIENT_KEY)
         if isinstance(assigned, int) and not isinstance(assigned, bool) and assigned >= 0:
             return assigned
-    return int(context.node_config.get("partition-id", 0))
+    return NodeConfig.parse(context.node_config).partition_id
 
 
 def client_id(context: Context, config: Mapping[str, object] | None = None) -> str:
     """A stable name for this client's signing identity (``client-id`` in the node config,
     else ``sim-<partition>``)."""
-    named = context.node_config.get("client-id")
-    return str(named) if named else f"sim-{partition_id(context, config)}"
+    named = NodeConfig.parse(context.node_config).client_id
+    return named if named is not None else f"sim-{partition_id(context, config)}"

@@ -1,7 +1,6 @@
 """Datasets as in-memory arrays, and their deterministic split across clients."""
 
-from fedsys.data.partition import dirichlet, iid, natural, shards
-from fedsys.data.registry import (
+from fedsys.data.catalog import (
     clear_memo,
     client_partition,
     client_test_partition,
@@ -10,6 +9,7 @@ from fedsys.data.registry import (
     load_test,
     partition_indices,
 )
+from fedsys.data.partition import dirichlet, iid, natural, shards
 from fedsys.data.types import ArrayDataset, DatasetInfo
 
 __all__ = [

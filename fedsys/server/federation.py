@@ -20,6 +20,7 @@ from fedsys.config import ExperimentConfig
 from fedsys.crypto import AggregatorKeys, generate_exchange_key
 from fedsys.data import load_test
 from fedsys.models import build_model, count_parameters
+from fedsys.registry.publisher import Publisher
 from fedsys.server.checkpointer import Checkpointer
 from fedsys.server.durable import RoundGate
 from fedsys.server.evaluation import Evaluator
@@ -28,7 +29,6 @@ from fedsys.server.outputs import RunPaths, fp32_bytes
 from fedsys.server.progress import Reporter
 from fedsys.server.run_state import RunState
 from fedsys.server.strategies import build_strategy
-from fedsys.serving.publisher import Publisher
 from fedsys.strategy_traits import StrategyTraits, traits_of
 from fedsys.training import select_device
 

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 
 from flwr.app import Message
 
-from fedsys.codec import UpdatePolicy
-from fedsys.config import ExperimentConfig
 from fedsys.crypto import RoundBinding
+from fedsys.server.aggregate import strategy_needs_replies
 from fedsys.server.collect import Rejection, RoundCollector, RoundResult
 from fedsys.server.exchange import exchange
+from fedsys.server.federation import Federation
 from fedsys.server.peers import Peers
-from fedsys.server.run_state import RunState
 from fedsys.server.secagg_round import SecAggOutcome, SecAggRound
 
 log = logging.getLogger("fedsys")
@@ -32,18 +31,15 @@ class Received:
 
 
 def receive(
-    cfg: ExperimentConfig,
-    policy: UpdatePolicy,
-    state: RunState,
+    fed: Federation,
     peers: Peers,
     rnd: int,
     messages: list[Message],
-    *,
-    streaming: bool,
-    build_record: bool,
     clients_busy: Callable[[], None],
 ) -> Received:
     """Send ``messages`` and turn the replies into the round's result."""
+    cfg, state = fed.cfg, fed.state
+    build_record = strategy_needs_replies(fed.traits)
     run_id = peers.grid.run.run_id
     if cfg.secagg.enabled:
         clients_busy()  # its stages exchange several times: nothing to overlap
@@ -59,12 +55,12 @@ def receive(
     else:
         collector = RoundCollector(
             state.model,
-            policy,
+            fed.policy,
             binding=lambda node: RoundBinding(run_id=run_id, round=rnd, node_id=node),
             keys=peers.keys,
             client_ids=peers.client_ids,
             keep_stragglers=cfg.strategy.keeps_stragglers,
-            streaming=streaming,
+            streaming=fed.traits.streaming,
             defense=cfg.defense,
             norm_bound=state.norm_bound,
             declared_examples=peers.declared_examples,

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from fedsys.population.speed import task_seconds
-from fedsys.server.aggregate import Aggregated, aggregate, strategy_needs_replies
+from fedsys.server.aggregate import Aggregated, aggregate
 from fedsys.server.availability_round import drop_out, online_keys
 from fedsys.server.downlink import downlink_model, train_config
 from fedsys.server.federated_rounds import federated_evaluation
@@ -30,6 +30,8 @@ def play_round(fed: Federation, peers: Peers, overlap: Overlap[Aggregated], rnd:
     started = overlap.begin()
     state.round = rnd
     state.seed_sampling()
+    # configure + downlink: the strategy samples nodes and builds the messages around the
+    # global model as it travels (fp32, or coded in the train config)
     down = downlink_model(
         state.model,
         cfg.codec.downlink,
@@ -49,20 +51,11 @@ def play_round(fed: Federation, peers: Peers, overlap: Overlap[Aggregated], rnd:
         (task_seconds(cfg.population.speed, cfg.runtime.seed, k) for k in keys), default=0.0
     )
     messages, dropped = drop_out(messages, peers.key_of_node, cfg, rnd)
-    received = overlap.during(
-        lambda clients_busy: receive(
-            cfg,
-            fed.policy,
-            state,
-            peers,
-            rnd,
-            messages,
-            streaming=traits.streaming,
-            build_record=strategy_needs_replies(traits),
-            clients_busy=clients_busy,
-        )
-    )
-    received.result.rejected.extend(dropped)
+    # collect: replies are checked and summed as they come; the previous round is completed
+    # while these clients train
+    received = overlap.during(lambda busy: receive(fed, peers, rnd, messages, busy))
+    received.result.rejected.extend(dropped)  # sampled, but dropped out (simulated)
+    # aggregate: one new model, or the current one and why
     new = aggregate(
         state.strategy, traits, rnd, received.result, state.model, cfg.strategy.min_accepted
     )
@@ -78,6 +71,7 @@ def play_round(fed: Federation, peers: Peers, overlap: Overlap[Aggregated], rnd:
         checkpoint=state.snapshot(state.wall_seconds()),
         refused=new.refused,
     )
+    # evaluate, publish, record, checkpoint: complete_round, now or during the next round
     overlap.finish(rnd, done)
 
 

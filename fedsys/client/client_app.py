@@ -16,9 +16,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from fedsys.client import secagg
+from fedsys.client import secagg_handler
 from fedsys.client.attack import attack_for
 from fedsys.client.holdout import holdout_mask
+from fedsys.client.node_config import NodeConfig
 from fedsys.client.node_state import state_root
 from fedsys.client.outbound import encode_delta, signing_key
 from fedsys.client.state_budget import budget_bytes, sampled_per_round
@@ -77,7 +78,7 @@ def _model(config_json: str, seed: int) -> nn.Module:
 @lru_cache(maxsize=4)
 def _file_tensors(path: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A deployed node's own data: an ``.npz`` file with ``x`` and ``y`` (no pickle)."""
-    from fedsys.deploy.node_data import read_node_data
+    from fedsys.client.node_data import read_node_data
 
     x, y = read_node_data(Path(path))
     return torch.from_numpy(x), torch.from_numpy(y)
@@ -87,9 +88,9 @@ def _local_tensors(
     config_json: str, seed: int, context: Context, pid: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``data-path`` from the node config (deployed), else partition ``pid``."""
-    data_path = context.node_config.get("data-path")
-    if data_path:
-        return _file_tensors(str(data_path))
+    data_path = NodeConfig.parse(context.node_config).data_path
+    if data_path is not None:
+        return _file_tensors(data_path)
     return _partition_tensors(config_json, seed, pid)
 
 
@@ -116,7 +117,7 @@ def _split_tensors(
     x, y = _local_tensors(config_json, seed, context, pid)
     if not fed.enabled:  # nothing held out: an evaluation request sees the local data
         return x, y
-    deployed = bool(context.node_config.get("data-path"))
+    deployed = NodeConfig.parse(context.node_config).data_path is not None
     own = None if deployed else _own_test_tensors(config_json, seed, pid)
     if own is not None:
         return own if held_out else (x, y)
@@ -204,7 +205,7 @@ def train(msg: Message, context: Context) -> Message:
             "straggler": int(work < 1.0),
         }
         state_dir = state_root(cfg.runtime.node_state_dir)
-        return secagg.setup(msg, context, cfg, delta, done, state_dir=state_dir, seed=seed)
+        return secagg_handler.setup(msg, context, cfg, delta, done, state_dir=state_dir, seed=seed)
     aggregator_key = config.get(AGGREGATOR_KEY)
     stated = attack.stated_weight(result.num_examples) if attack else result.num_examples
     outbound = encode_delta(
@@ -257,17 +258,17 @@ def evaluate_local(msg: Message, context: Context) -> Message:
 
 @app.query(STAGE_SHARE)
 def secagg_share(msg: Message, context: Context) -> Message:
-    return secagg.share(msg, context)
+    return secagg_handler.share(msg, context)
 
 
 @app.query(STAGE_MASK)
 def secagg_mask(msg: Message, context: Context) -> Message:
-    return secagg.mask(msg, context)
+    return secagg_handler.mask(msg, context)
 
 
 @app.query(STAGE_UNMASK)
 def secagg_unmask(msg: Message, context: Context) -> Message:
-    return secagg.unmask(msg, context)
+    return secagg_handler.unmask(msg, context)
 
 
 def _declared_examples(msg: Message, context: Context) -> int | None:
