@@ -124,7 +124,7 @@ def run_fedsys(
         **_figures(rows, arrivals),
         "rejected": sum(len(r.get("rejected", [])) for r in rows),
         "rejected_reasons": _reasons(rows),
-        "model_sha256": _sha256(out / "model.safetensors"),
+        "model_tensors_sha256": _sha256(out / "model.safetensors"),
     }
 
 
@@ -139,12 +139,21 @@ def _reasons(rows: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def _sha256(path: Path) -> str | None:
+    """SHA-256 over the model's tensors (names sorted, then each tensor's bytes): equal for
+    equal weights whatever the file's header order."""
     import hashlib
 
+    from safetensors.numpy import load_file
+
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        tensors = load_file(path)
     except OSError:
         return None
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].tobytes())
+    return digest.hexdigest()
 
 
 def _ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:
