@@ -1,6 +1,14 @@
 """Datasets as in-memory arrays, and their deterministic split across clients."""
 
-from fedsys.data.catalog import clear_memo, client_partition, load_dataset, partition_indices
+from fedsys.data.catalog import (
+    clear_memo,
+    client_partition,
+    client_test_partition,
+    dataset_info,
+    load_dataset,
+    load_test,
+    partition_indices,
+)
 from fedsys.data.partition import dirichlet, iid, natural, shards
 from fedsys.data.types import ArrayDataset, DatasetInfo
 
@@ -9,9 +17,12 @@ __all__ = [
     "DatasetInfo",
     "clear_memo",
     "client_partition",
+    "client_test_partition",
+    "dataset_info",
     "dirichlet",
     "iid",
     "load_dataset",
+    "load_test",
     "natural",
     "partition_indices",
     "shards",
