@@ -17,6 +17,7 @@ from fedsys.config_section import Section
 from fedsys.defense_config import AttackConfig, DefenseConfig
 from fedsys.defense_config import AttackName as AttackName  # re-exported
 from fedsys.errors import ConfigError
+from fedsys.lm_config import LMConfig, TaskName
 
 DatasetName = Literal["mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10"]
 PartitionerName = Literal["iid", "dirichlet", "shards", "natural"]
@@ -330,6 +331,10 @@ class ExperimentConfig(Section):
     """One federated-learning experiment, end to end."""
 
     name: str = "quickstart"
+    task: TaskName = Field(
+        default="classification",
+        description="classification (data/model sections) or language_model (the lm section).",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -341,6 +346,22 @@ class ExperimentConfig(Section):
     publish: PublishConfig = Field(default_factory=PublishConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    lm: LMConfig = Field(default_factory=LMConfig)
+
+    @model_validator(mode="after")
+    def _check_task(self) -> ExperimentConfig:
+        """Each task reads its own sections: settings of the other one are a mistake."""
+        if self.task == "language_model":
+            stray = sorted(f"data.{k}" for k in self.data.model_fields_set - {"num_partitions"})
+            stray += sorted(f"model.{k}" for k in self.model.model_fields_set)
+            if stray:
+                raise ValueError(
+                    f"task 'language_model' reads its data and model from the lm section; "
+                    f"remove {', '.join(stray)}"
+                )
+        elif "lm" in self.model_fields_set:
+            raise ValueError("the lm section needs task: language_model")
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
