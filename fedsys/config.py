@@ -352,14 +352,24 @@ class ExperimentConfig(Section):
     def _check_task(self) -> ExperimentConfig:
         """Each task reads its own sections: settings of the other one are a mistake."""
         if self.task == "language_model":
-            stray = sorted(f"data.{k}" for k in self.data.model_fields_set - {"num_partitions"})
-            stray += sorted(f"model.{k}" for k in self.model.model_fields_set)
+            # compared with the defaults, not fields set: a config survives a JSON round trip
+            data, model = DataConfig(), ModelConfig()
+            stray = [
+                f"data.{k}"
+                for k in DataConfig.model_fields
+                if k != "num_partitions" and getattr(self.data, k) != getattr(data, k)
+            ]
+            stray += [
+                f"model.{k}"
+                for k in ModelConfig.model_fields
+                if getattr(self.model, k) != getattr(model, k)
+            ]
             if stray:
                 raise ValueError(
                     f"task 'language_model' reads its data and model from the lm section; "
                     f"remove {', '.join(stray)}"
                 )
-        elif "lm" in self.model_fields_set:
+        elif self.lm != LMConfig():
             raise ValueError("the lm section needs task: language_model")
         return self
 

@@ -37,9 +37,7 @@ def module_names(state: State) -> list[str]:
     return sorted({k.split(".lora_")[0] for k in state if ".lora_B." in k})
 
 
-def products(
-    state: State, frozen_a: State | None = None
-) -> dict[str, torch.Tensor]:
+def products(state: State, frozen_a: State | None = None) -> dict[str, torch.Tensor]:
     """B·A per adapted module (float64); A from ``frozen_a`` where the state has none (FFA)."""
     out: dict[str, torch.Tensor] = {}
     for module in module_names(state):

@@ -51,6 +51,13 @@ def _read_files(files: tuple[Path, ...]) -> Callable[[], list[str]]:
     return read
 
 
+def _given(docs: list[str]) -> Callable[[], list[str]]:
+    def read() -> list[str]:
+        return list(docs)
+
+    return read
+
+
 def _package_files(package: Path) -> tuple[Path, ...]:
     return tuple(
         sorted(
@@ -141,7 +148,7 @@ def jsonl_corpus(path: Path) -> Corpus:
     if not texts:
         raise DataError(f"lm.text.path={str(path)!r} holds no lines")
     units = {
-        name: TextUnit(name, sum(len(t) for t in docs), (lambda d=docs: list(d)))
+        name: TextUnit(name, sum(len(t) for t in docs), _given(docs))
         for name, docs in sorted(texts.items())
     }
     return Corpus(units, hashlib.sha256(raw).hexdigest(), f"jsonl {path}")

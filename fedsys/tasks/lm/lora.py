@@ -36,7 +36,7 @@ def attach_lora(base: nn.Module, cfg: LoRAConfig, seed: int) -> nn.Module:
 
     peft_cfg = LoraConfig(
         r=cfg.rank,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft accepts floats
         lora_dropout=cfg.dropout,
         target_modules=list(cfg.target_modules),
         bias="none",
@@ -84,9 +84,7 @@ def seeded_init(model: nn.Module, seed: int) -> None:
 
 def travelling_state(model: nn.Module, aggregation: str) -> dict[str, torch.Tensor]:
     """A detached CPU copy of what travels (the global model's template on the server)."""
-    return {
-        k: p.detach().cpu().clone() for k, p in adapter_parameters(model, aggregation).items()
-    }
+    return {k: p.detach().cpu().clone() for k, p in adapter_parameters(model, aggregation).items()}
 
 
 def load_travelling_state(

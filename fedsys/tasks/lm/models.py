@@ -21,7 +21,7 @@ from fedsys.errors import ConfigError
 from fedsys.lm_config import LMSize
 
 # Llama-style widths: hidden, MLP, layers, heads (~0.5M, ~3M, ~100M parameters at 257 tokens).
-SIZES: dict[str, dict[str, int]] = {
+SIZES: dict[str, dict[str, Any]] = {
     "lm_tiny": {
         "hidden_size": 128,
         "intermediate_size": 352,
@@ -57,8 +57,8 @@ def _quiet_transformers() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
 
 
 def llama_config(size: LMSize, vocab_size: int, max_positions: int) -> Any:

@@ -75,7 +75,7 @@ def pretrain(cfg: ExperimentConfig, out_dir: Path) -> PretrainReport:
         idx = torch.randint(len(train), (min(pcfg.batch_size, len(train)),), generator=generator)
         optimizer.zero_grad(set_to_none=True)
         loss = next_token_loss(model, train[idx].to(device))
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
@@ -85,7 +85,7 @@ def pretrain(cfg: ExperimentConfig, out_dir: Path) -> PretrainReport:
     res = evaluate_lm(model, data.public.test, batch_size=32, device=device)
     model.to("cpu")
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir))
+    model.save_pretrained(str(out_dir))  # type: ignore[operator]
     tokenizer.save(out_dir)
     report = PretrainReport(
         size=lm.size,

@@ -134,7 +134,9 @@ def build_text_data(
         order = np.random.default_rng(seed + 1).permutation(len(pooled))
         k = len(choice.clients)
         clients = tuple(
-            hold_out(f"iid-{i}", pooled[order[i::k]], cfg.test_fraction, seed + i, cfg.max_client_chunks)
+            hold_out(
+                f"iid-{i}", pooled[order[i::k]], cfg.test_fraction, seed + i, cfg.max_client_chunks
+            )
             for i in range(k)
         )
     return TextData(

@@ -1,4 +1,4 @@
-"""Tokenizers for the language-modelling task: byte-level, BPE on the public text, or a checkpoint's.
+"""Tokenizers for language models: byte-level, BPE trained on the public text, a checkpoint's.
 
 Every kind is saved as a Hugging Face ``tokenizer.json`` beside the base weights, so a
 checkpoint written by ``fedsys pretrain`` loads with ``AutoTokenizer`` as well. The byte-level
@@ -44,7 +44,7 @@ def _byte_level_backend() -> object:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    table = bytes_to_unicode()
+    table = bytes_to_unicode()  # type: ignore[no-untyped-call]
     vocab = {table[b]: b for b in range(256)}
     vocab[END_OF_TEXT] = 256
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))

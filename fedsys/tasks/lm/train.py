@@ -32,9 +32,7 @@ class LMEval:
 def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -83,7 +81,7 @@ def train_lm(
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = next_token_loss(model, batch)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             if anchors:
                 with torch.no_grad():
                     for p, anchor in zip(params, anchors, strict=True):
