@@ -7,8 +7,8 @@ the model object are memoised per process: a simulation worker serves many clien
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,10 +24,8 @@ from fedsys.codec.downlink import decode_global
 from fedsys.config import ExperimentConfig
 from fedsys.crypto import RoundBinding
 from fedsys.crypto.keys import public_to_raw, signing_key_from_pem
-from fedsys.data import client_partition, load_dataset
 from fedsys.errors import FedsysError
 from fedsys.memory import keep_freed_memory
-from fedsys.models import build_model
 from fedsys.protocol import (
     AGGREGATOR_KEY,
     CONFIG_KEY,
@@ -40,7 +38,8 @@ from fedsys.protocol import (
 )
 from fedsys.secagg.messages import PARAMS_KEY as SECAGG_PARAMS_KEY
 from fedsys.secagg.messages import STAGE_MASK, STAGE_SHARE, STAGE_UNMASK
-from fedsys.training import derive_seed, evaluate, select_device, state_delta, train_local
+from fedsys.tasks import ClientData, Task, task_for
+from fedsys.training import derive_seed, select_device, state_delta
 
 app = ClientApp()
 
@@ -51,23 +50,18 @@ def _parse_config(config_json: str) -> ExperimentConfig:
 
 
 @lru_cache(maxsize=64)
-def _partition_tensors(
-    config_json: str, seed: int, partition_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    cfg = _parse_config(config_json)
-    part = client_partition(cfg.data, seed, partition_id)
-    return torch.from_numpy(part.x), torch.from_numpy(part.y)
+def _partition_data(config_json: str, partition_id: int) -> ClientData:
+    return task_for(_parse_config(config_json)).client_data(partition_id)
 
 
-@lru_cache(maxsize=4)
-def _model(config_json: str, seed: int) -> nn.Module:
-    """One model object per architecture and process; weights are overwritten every message."""
-    cfg = _parse_config(config_json)
+def _model(cfg: ExperimentConfig) -> tuple[Task, nn.Module]:
+    """The task and its model object, one per process (the frozen base of a language model
+    included); states are loaded into it every message."""
     torch.set_num_threads(cfg.runtime.torch_threads)
     if cfg.runtime.reuse_freed_memory:
         keep_freed_memory()
-    _, _, info = load_dataset(cfg.data, seed)
-    return build_model(cfg.model, info)
+    task = task_for(cfg)
+    return task, task.model()
 
 
 def _partition_id(context: Context) -> int:
@@ -75,22 +69,17 @@ def _partition_id(context: Context) -> int:
 
 
 @lru_cache(maxsize=4)
-def _file_tensors(path: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A deployed node's own data: an ``.npz`` file with ``x`` and ``y`` (no pickle)."""
-    from fedsys.deploy.node_data import read_node_data
-
-    x, y = read_node_data(Path(path))
-    return torch.from_numpy(x), torch.from_numpy(y)
+def _file_data(config_json: str, path: str) -> ClientData:
+    """A deployed node's own data (classification: an ``.npz`` with ``x`` and ``y``)."""
+    return task_for(_parse_config(config_json)).node_data(path)
 
 
-def _local_tensors(
-    config_json: str, seed: int, context: Context
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _local_data(config_json: str, context: Context) -> ClientData:
     """``data-path`` from the node config (deployed), else this node's partition."""
     data_path = context.node_config.get("data-path")
     if data_path:
-        return _file_tensors(str(data_path))
-    return _partition_tensors(config_json, seed, _partition_id(context))
+        return _file_data(config_json, str(data_path))
+    return _partition_data(config_json, _partition_id(context))
 
 
 def _client_id(context: Context) -> str:
@@ -121,7 +110,7 @@ def _received(msg: Message) -> tuple[str, int, ArrayRecord, ConfigRecord]:
 
 
 def _global_state(
-    model: nn.Module, arrays: ArrayRecord, config: ConfigRecord
+    template: Mapping[str, torch.Tensor], arrays: ArrayRecord, config: ConfigRecord
 ) -> dict[str, torch.Tensor]:
     """The model to start from: the coded copy when the server sent one, else the arrays.
 
@@ -130,7 +119,7 @@ def _global_state(
     """
     coded = config.get(GLOBAL_KEY)
     if isinstance(coded, bytes):
-        return decode_global(coded, model.state_dict())
+        return decode_global(coded, template)
     return arrays.to_torch_state_dict()
 
 
@@ -141,24 +130,25 @@ def train(msg: Message, context: Context) -> Message:
     cfg = _parse_config(config_json)
     rnd = int(record_number(config, "server-round"))
     pid = _partition_id(context)
-    x, y = _local_tensors(config_json, seed, context)
-    model = _model(config_json, seed)
-    global_state = _global_state(model, arrays, config)
-    model.load_state_dict(global_state)
+    task, model = _model(cfg)
+    task.check_server(cfg)
+    data = _local_data(config_json, context)
+    global_state = task.local_start(_global_state(task.state_of(model), arrays, config), pid)
+    task.load_state(model, global_state)
     device = select_device(cfg.train.device)
     work = _straggler_work(cfg, seed, rnd, pid)
-    result = train_local(
+    result = task.train(
         model,
-        x,
-        y,
+        data,
         cfg.train,
         seed=derive_seed(seed, rnd, pid),
         device=device,
         proximal_mu=record_number(config, "proximal-mu", 0.0),
         work_fraction=work,
+        partition_id=pid,
     )
     # global_state is this call's own decoded copy, no longer needed once training is done
-    delta = state_delta(model.state_dict(), global_state, overwrite_base=True)
+    delta = state_delta(task.state_of(model), global_state, overwrite_base=True)
     attack = attack_for(cfg, context, pid, rnd)  # None unless a simulated Byzantine client
     if attack is not None:
         delta = attack.tamper_delta(delta)
@@ -205,16 +195,21 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the local partition."""
-    config_json, seed, arrays, _ = _received(msg)
+    config_json, _, arrays, _ = _received(msg)
     cfg = _parse_config(config_json)
-    x, y = _local_tensors(config_json, seed, context)
-    model = _model(config_json, seed)
-    model.load_state_dict(arrays.to_torch_state_dict())
-    res = evaluate(
-        model, x, y, batch_size=cfg.train.eval_batch_size, device=select_device(cfg.train.device)
-    )
+    task, model = _model(cfg)
+    task.check_server(cfg)
+    data = _local_data(config_json, context)
+    task.load_state(model, arrays.to_torch_state_dict())
+    res = task.evaluate(model, data.held_out, device=select_device(cfg.train.device))
     metrics = MetricRecord(
-        {"num-examples": res.num_examples, "eval_loss": res.loss, "eval_accuracy": res.accuracy}
+        {
+            "num-examples": res.num_examples,
+            "eval_loss": res.loss,
+            "eval_accuracy": res.accuracy,
+            "partition-id": _partition_id(context),
+            **{f"eval_{k}": v for k, v in res.extra.items()},
+        }
     )
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
@@ -240,12 +235,11 @@ def _declared_examples(msg: Message, context: Context) -> int | None:
     config = msg.content.config_records.get("config")
     if config is None or CONFIG_KEY not in config:
         return None
-    config_json, seed = record_text(config, CONFIG_KEY), int(record_number(config, SEED_KEY))
+    config_json = record_text(config, CONFIG_KEY)
     try:
-        _, y = _local_tensors(config_json, seed, context)
+        return _local_data(config_json, context).num_examples
     except (FedsysError, OSError, ValueError):
         return None  # the train handler reports the data problem; the hello still answers
-    return len(y)
 
 
 @app.query()

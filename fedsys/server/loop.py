@@ -28,9 +28,7 @@ from fedsys.codec import UpdatePolicy
 from fedsys.codec.downlink import encode_global
 from fedsys.config import ExperimentConfig, dump_config
 from fedsys.crypto import AggregatorKeys, RoundBinding, generate_exchange_key, public_to_raw
-from fedsys.data import load_dataset
 from fedsys.errors import CheckpointError
-from fedsys.models import build_model, count_parameters
 from fedsys.protocol import (
     AGGREGATOR_KEY,
     CONFIG_KEY,
@@ -38,6 +36,7 @@ from fedsys.protocol import (
     SEED_KEY,
 )
 from fedsys.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedsys.server.client_eval import evaluate_clients
 from fedsys.server.collect import Rejection, RoundCollector, RoundResult
 from fedsys.server.durable import RoundGate
 from fedsys.server.exchange import exchange
@@ -62,7 +61,8 @@ from fedsys.server.secagg_round import SecAggOutcome, SecAggRound
 from fedsys.server.strategies import build_strategy
 from fedsys.server.strategy_state import export_state, import_state
 from fedsys.serving.publisher import Publisher
-from fedsys.training import evaluate, select_device
+from fedsys.tasks import task_for
+from fedsys.training import select_device
 
 log = logging.getLogger("fedsys")
 
@@ -148,14 +148,13 @@ class Federation:
         self.reporter = reporter
         self.grid = grid
         seed = cfg.runtime.seed
-        _, test, info = load_dataset(cfg.data, seed)
-        self.test_x, self.test_y = torch.from_numpy(test.x), torch.from_numpy(test.y)
-        torch.manual_seed(seed)
-        self.model = build_model(cfg.model, info)
+        # The task (classification, language model) owns data, model and evaluation.
+        self.task = task_for(cfg)
+        self.central_data = self.task.central_data()
+        self.global_arrays = self.task.initial_state()
+        self.model = self.task.model()
         self.device = select_device(cfg.train.device)
-        self.global_arrays = {
-            k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()
-        }
+        self.cfg = cfg = self.task.stamp(cfg)  # what every node must verify (a base's hash)
         self.strategy: Strategy = build_strategy(cfg.strategy, cfg.train, cfg.data.num_partitions)
         # Server RNG: draws one seed per round for Flower's node sampling (see _sample_seed).
         self.rng = np.random.default_rng(seed)
@@ -198,7 +197,7 @@ class Federation:
         self.keys: AggregatorKeys | None = None
         # Publishing to the model registry: decided here, written by a background thread.
         self.publisher = (
-            Publisher(cfg, out_dir, info, eval_data=(self.test_x, self.test_y))
+            Publisher(cfg, out_dir, self.task.info, eval_data=self.central_data)  # type: ignore[attr-defined]
             if cfg.publish.mode != "never"
             else None
         )
@@ -375,14 +374,8 @@ class Federation:
         The round's ``seconds`` run from its start to the next round's start (``next_start``),
         or, when nothing overlaps it, to the end of its evaluation.
         """
-        self.model.load_state_dict(_state_dict(agg.model))
-        res = evaluate(
-            self.model,
-            self.test_x,
-            self.test_y,
-            batch_size=self.cfg.train.eval_batch_size,
-            device=self.device,
-        )
+        self.task.load_state(self.model, _state_dict(agg.model))
+        res = self.task.evaluate(self.model, self.central_data, device=self.device)
         if next_start is None:
             next_start = time.perf_counter()
         result, secagg = agg.result, agg.secagg
@@ -410,6 +403,8 @@ class Federation:
             clipped=result.clipped,
             aggregation_refused=agg.refused,
         )
+        for key, value in res.extra.items():  # the task's other scores (e.g. perplexity)
+            setattr(record, f"central_{key}", value)
         self._publish(record, agg.model)
         append_round(self.paths.metrics, record)
         self._write_checkpoint(agg.checkpoint)
@@ -531,30 +526,45 @@ class Federation:
                 str(self.grid.run.run_id),
             )
 
+    def _task_summary(self) -> dict[str, object]:
+        """The task's own summary keys, and (where it asks) every client's held-out score
+        under the final model: ``client_eval``."""
+        extra = self.task.summary()
+        if self.task.evaluates_clients:
+            self.reporter.stage("scoring the final model on every client's held-out data")
+            scores = evaluate_clients(
+                self.grid, self.cfg, self.global_arrays, self.cfg.train.timeout
+            )
+            extra["client_eval"] = scores.model_dump(mode="json")
+        return extra
+
     def _finish(self, wall_seconds: float) -> RunSummary:
         records = read_rounds(self.paths.metrics)
         save_file(
             {k: v.contiguous() for k, v in _state_dict(self.global_arrays).items()},
             str(self.paths.model),
-            metadata={"model": self.cfg.model.model_dump_json(), "round": str(self.round)},
+            metadata={**self.task.weights_metadata(), "round": str(self.round)},
         )
         plot_curves(records, self.paths.curves, f"{self.cfg.name} ({self.cfg.strategy.name})")
         last = records[-1]
-        summary = RunSummary(
-            name=self.cfg.name,
-            strategy=self.cfg.strategy.name,
-            final_accuracy=last.central_accuracy,
-            final_loss=last.central_loss,
-            best_accuracy=max(r.central_accuracy for r in records),
-            rounds=len(records),
-            updates_total=sum(r.clients for r in records),
-            bytes_up_total=sum(r.bytes_up for r in records),
-            bytes_down_total=sum(r.bytes_down for r in records),
-            wall_seconds=wall_seconds,
-            seconds_per_round=sum(r.seconds for r in records) / len(records),
-            model_parameters=count_parameters(self.model),
-            resumed_from_round=self.resumed_from,
-            published_version=self.publisher.last_published if self.publisher else None,
+        summary = RunSummary.model_validate(
+            {
+                "name": self.cfg.name,
+                "strategy": self.cfg.strategy.name,
+                "final_accuracy": last.central_accuracy,
+                "final_loss": last.central_loss,
+                "best_accuracy": max(r.central_accuracy for r in records),
+                "rounds": len(records),
+                "updates_total": sum(r.clients for r in records),
+                "bytes_up_total": sum(r.bytes_up for r in records),
+                "bytes_down_total": sum(r.bytes_down for r in records),
+                "wall_seconds": wall_seconds,
+                "seconds_per_round": sum(r.seconds for r in records) / len(records),
+                "model_parameters": self.task.model_parameters(),
+                "resumed_from_round": self.resumed_from,
+                "published_version": self.publisher.last_published if self.publisher else None,
+                **self._task_summary(),
+            }
         )
         write_json(self.paths.summary, summary)
         return summary

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import threading
 
-from fedsys.config import ExperimentConfig
+from fedsys.config import ExperimentConfig, RuntimeConfig, StrategyConfig, TrainConfig
 from fedsys.tasks.base import ClientData, Metrics, Task
 
 __all__ = ["ClientData", "Metrics", "Task", "task_for"]
@@ -30,12 +30,28 @@ def _build(config_json: str) -> Task:
     return ClassificationTask(cfg)
 
 
+def _key(cfg: ExperimentConfig) -> str:
+    """The settings a task's data and model depend on; the rest (rounds, codec, the server's
+    stamp of the base hash, where node state lives...) does not rebuild them."""
+    lm = cfg.lm.model_copy(update={"base_sha256": None})
+    train = TrainConfig(eval_batch_size=cfg.train.eval_batch_size, device=cfg.train.device)
+    kept = ExperimentConfig(
+        task=cfg.task,
+        data=cfg.data,
+        model=cfg.model,
+        lm=lm,
+        train=train,
+        runtime=RuntimeConfig(seed=cfg.runtime.seed),
+        strategy=StrategyConfig(min_train_nodes=1, min_available_nodes=1),
+    )
+    return kept.to_json()
+
+
 def task_for(cfg: ExperimentConfig) -> Task:
-    """The task for ``cfg``, one object per distinct config in this process."""
-    if cfg.lm.base_sha256 is not None:  # the server's stamp; the same task otherwise
-        cfg = cfg.model_copy(update={"lm": cfg.lm.model_copy(update={"base_sha256": None})})
+    """The task for ``cfg``, one object per distinct data-and-model settings in this process
+    (a worker's virtual clients share it, and with it the model and the frozen base)."""
     with _LOCK:
-        return _build(cfg.to_json())
+        return _build(_key(cfg))
 
 
 def clear_tasks() -> None:

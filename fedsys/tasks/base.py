@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedsys.config import TrainConfig
+from fedsys.config import ExperimentConfig, TrainConfig
 from fedsys.training import TrainResult
 
 State = dict[str, torch.Tensor]
@@ -97,6 +97,32 @@ class Task(Protocol):
 
     def model_parameters(self) -> int:
         """Scalar parameters of the whole model (summary.json)."""
+        ...
+
+    def update_parameters(self) -> int:
+        """Scalar entries of the travelling state (what one update carries at most)."""
+        ...
+
+    def stamp(self, cfg: ExperimentConfig) -> ExperimentConfig:
+        """The config as the server sends it: with what every node must verify it holds."""
+        ...
+
+    def check_server(self, cfg: ExperimentConfig) -> None:
+        """On a node: refuse (a FedsysError with the reason) to work with a server whose
+        model this node cannot serve, e.g. a different base."""
+        ...
+
+    @property
+    def evaluates_clients(self) -> bool:
+        """Whether the run ends by scoring the final model on every client's held-out data."""
+        ...
+
+    def weights_metadata(self) -> dict[str, str]:
+        """What ``model.safetensors`` says about itself (safetensors metadata)."""
+        ...
+
+    def example_request(self, rows: int) -> dict[str, Any] | None:
+        """A ready request body for the endpoint, or None when it answers nothing yet."""
         ...
 
     def summary(self) -> dict[str, Any]:

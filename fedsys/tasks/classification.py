@@ -102,5 +102,26 @@ class ClassificationTask:
     def model_parameters(self) -> int:
         return count_parameters(self.model())
 
+    def update_parameters(self) -> int:
+        return self.model_parameters()
+
+    def stamp(self, cfg: ExperimentConfig) -> ExperimentConfig:
+        return cfg
+
+    def check_server(self, cfg: ExperimentConfig) -> None:
+        return None
+
+    @property
+    def evaluates_clients(self) -> bool:
+        return False
+
+    def weights_metadata(self) -> dict[str, str]:
+        return {"model": self.cfg.model.model_dump_json()}
+
+    def example_request(self, rows: int) -> dict[str, Any] | None:
+        """The first test samples as a predict body (six decimals: what a person pastes)."""
+        _, test, _ = load_dataset(self.cfg.data, self.seed)
+        return {"instances": np.round(test.x[:rows].astype(np.float64), 6).tolist()}
+
     def summary(self) -> dict[str, Any]:
         return {}

@@ -188,6 +188,30 @@ class LanguageModelTask:
     def update_parameters(self) -> int:
         return sum(int(np.prod(v.shape)) for v in self.initial_state().values())
 
+    def stamp(self, cfg: ExperimentConfig) -> ExperimentConfig:
+        """The server's base hash in ``lm.base_sha256`` (a configured one must match it)."""
+        self.check_server(cfg)
+        lm = cfg.lm.model_copy(update={"base_sha256": self.base.sha256})
+        return cfg.model_copy(update={"lm": lm})
+
+    def check_server(self, cfg: ExperimentConfig) -> None:
+        self.check_base(cfg.lm.base_sha256)
+
+    @property
+    def evaluates_clients(self) -> bool:
+        return True
+
+    def weights_metadata(self) -> dict[str, str]:
+        return {
+            "task": self.name,
+            "lm": self.lm.model_dump_json(),
+            "base_sha256": self.base.sha256,
+            "content": "adapter" if self.aggregation != "full" else "model",
+        }
+
+    def example_request(self, rows: int) -> dict[str, Any] | None:
+        return None
+
     def summary(self) -> dict[str, Any]:
         text = self.text
         return {
