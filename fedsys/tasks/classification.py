@@ -43,7 +43,8 @@ class ClassificationTask:
         torch.manual_seed(self.seed)
         model = build_model(self.cfg.model, self.info)
         self._model = model
-        return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        # copies: the model object is shared with clients served in this process
+        return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
     def state_of(self, model: nn.Module) -> Mapping[str, torch.Tensor]:
         return model.state_dict()
