@@ -1,0 +1,108 @@
+"""The language-model task through fedsys's own round loop and ClientApp (in one process):
+adapters through the int8 codec and encryption, per-client evaluation, the base's identity."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lm_support import lm_config, write_jsonl
+from lm_support import one_torch_thread as one_torch_thread  # fixture for every test here
+from safetensors import safe_open
+
+from fedsys.app import client_app
+from fedsys.config import ExperimentConfig, build_config
+from fedsys.inprocess import InProcessGrid
+from fedsys.server.loop import run_federation
+from fedsys.server.records import read_rounds
+
+
+class _Quiet:
+    def start(self, total_rounds: int, done_rounds: int) -> None:
+        pass
+
+    def update(self, record: Any) -> None:
+        pass
+
+    def stage(self, text: str) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("text") / "t.jsonl")
+
+
+def _with(cfg: ExperimentConfig, tmp: Path, **sections: dict[str, Any]) -> ExperimentConfig:
+    raw = json.loads(cfg.to_json())
+    raw["runtime"].update(progress=False, node_state_dir=str(tmp / "node-state"))
+    raw["train"]["rounds"] = 2
+    for name, values in sections.items():
+        raw[name].update(values)
+    return build_config(raw)
+
+
+def _federate(cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
+    with contextlib.redirect_stderr(io.StringIO()):
+        run_federation(
+            InProcessGrid(client_app, cfg.data.num_partitions), cfg, out, _Quiet(), resume=False
+        )
+    summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
+    return summary
+
+
+def test_ffa_adapters_travel_int8_and_sealed_and_every_client_is_scored(
+    corpus: Path, tmp_path: Path
+) -> None:
+    cfg = _with(
+        lm_config(corpus, lora={"aggregation": "ffa"}),
+        tmp_path,
+        codec={"quantize": "int8", "encrypt": True},
+    )
+    summary = _federate(cfg, tmp_path / "run")
+    assert len(summary["corpus_sha256"]) == 64 and len(summary["base_sha256"]) == 64
+    scores = summary["client_eval"]
+    assert [c["partition"] for c in scores["clients"]] == [0, 1, 2] and not scores["failed"]
+    assert scores["worst_perplexity"] >= scores["mean_perplexity"] > 1
+    rounds = read_rounds(tmp_path / "run" / "metrics.jsonl")
+    assert all(r.clients == 3 and not r.rejected for r in rounds)
+    adapter_fp32 = 4 * summary["update_parameters"]
+    assert all(n < 0.5 * adapter_fp32 for r in rounds for n in r.client_bytes_up)  # int8
+    assert rounds[-1].model_extra is not None and rounds[-1].model_extra["central_perplexity"] > 1
+    with safe_open(str(tmp_path / "run" / "model.safetensors"), "pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+    assert keys and all(".lora_B." in k for k in keys)  # FFA: A never travels nor is saved
+    assert meta["base_sha256"] == summary["base_sha256"] and meta["content"] == "adapter"
+
+
+def test_a_node_with_another_base_is_refused_with_the_reason(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedsys.tasks.lm.task import LanguageModelTask
+
+    def other_base(self: LanguageModelTask, cfg: ExperimentConfig) -> ExperimentConfig:
+        return cfg.model_copy(update={"lm": cfg.lm.model_copy(update={"base_sha256": "0" * 64})})
+
+    monkeypatch.setattr(LanguageModelTask, "stamp", other_base)
+    cfg = _with(lm_config(corpus), tmp_path)
+    summary = _federate(cfg, tmp_path / "run")
+    rounds = read_rounds(tmp_path / "run" / "metrics.jsonl")
+    assert all(r.clients == 0 for r in rounds)
+    reasons = {rej.reason for r in rounds for rej in r.rejected}
+    assert reasons and all("base weights differ from the server's" in x for x in reasons)
+    assert len(summary["client_eval"]["failed"]) == 3
+
+
+def test_the_server_refuses_a_configured_base_hash_it_does_not_hold(corpus: Path) -> None:
+    from fedsys.tasks.lm.task import BaseMismatch, LanguageModelTask
+
+    cfg = lm_config(corpus, base_sha256="f" * 64)
+    with pytest.raises(BaseMismatch, match="sha256 "):
+        LanguageModelTask(cfg).stamp(cfg)
