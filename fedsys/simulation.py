@@ -62,8 +62,11 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
         # Read by Flower's logger in every process that imports it, the Ray workers included
         # (they inherit this environment); _quiet_flower only reaches this process.
         os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
+    from fedsys.tasks import task_for
+
+    task = task_for(cfg)
     stage(
-        f"loading Flower, Ray and torch; preparing data ({cfg.data.name}, "
+        f"loading Flower, Ray and torch; preparing data ({task.label}, "
         f"{cfg.data.num_partitions} partitions)"
     )
     # Imported here: Flower and Ray are heavy, and `fedsys --help` should stay instant.
@@ -71,10 +74,8 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
 
     from fedsys.client.app import app as client_app
     from fedsys.server.app import Launch, make_server_app
-    from fedsys.tasks import task_for
 
     # Fail on missing or unreadable data here, before Ray and the virtual nodes start.
-    task = task_for(cfg)
     task.central_data()
     cfg = _with_node_state_dir(cfg)
     _quiet_flower(cfg.runtime.log_level)

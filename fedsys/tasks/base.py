@@ -52,6 +52,11 @@ class Task(Protocol):
 
     name: str
 
+    @property
+    def label(self) -> str:
+        """A few words for progress lines: which data (and model) this run uses."""
+        ...
+
     def model(self) -> nn.Module:
         """This process's model object (built once; states are loaded into it)."""
         ...

@@ -31,6 +31,10 @@ class ClassificationTask:
         self._model: nn.Module | None = None
 
     @property
+    def label(self) -> str:
+        return self.cfg.data.name
+
+    @property
     def info(self) -> DatasetInfo:
         return load_dataset(self.cfg.data, self.seed)[2]
 

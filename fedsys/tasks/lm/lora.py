@@ -14,6 +14,7 @@ also a valid ``adapter_model.safetensors``.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -42,7 +43,9 @@ def attach_lora(base: nn.Module, cfg: LoRAConfig, seed: int) -> nn.Module:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(base, peft_cfg)  # type: ignore[arg-type]
+    with warnings.catch_warnings():  # peft asks transformers a question it has renamed
+        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+        model = get_peft_model(base, peft_cfg)  # type: ignore[arg-type]
     seeded_init(model, seed)
     if cfg.aggregation == "ffa":
         for name, p in model.named_parameters():

@@ -84,6 +84,11 @@ class LanguageModelTask:
         self._model: nn.Module | None = None
         self._initial: dict[str, np.ndarray] | None = None
 
+    @property
+    def label(self) -> str:
+        base = str(self.lm.base) if self.lm.base is not None else self.lm.size
+        return f"text: {self.lm.text.source}, base: {base}, LoRA {self.aggregation}"
+
     # -- text -------------------------------------------------------------------------------
     @property
     def tokenizer(self) -> TextTokenizer:
