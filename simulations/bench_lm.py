@@ -53,6 +53,7 @@ def _config(base: Path | None, rounds: int, steps: int, extra: list[str] | None 
     overrides = [
         f"train.rounds={rounds}",
         f"train.max_steps={steps}",
+        "train.local_epochs=1000",  # max_steps decides every client's steps
         "runtime.progress=false",
         "runtime.torch_threads=1",
         "publish.mode=never",
@@ -246,8 +247,8 @@ def exactness(base: str | None, steps: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10, help="local steps per round")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=8, help="local steps per round")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--skip-base-bytes", action="store_true", help="no lm_base (~100M) sizes")
     parser.add_argument("--out", type=Path, default=OUT)
