@@ -156,6 +156,9 @@ def _federated(cfg: Any) -> dict[str, np.ndarray]:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
+        # error-feedback residuals of this run only (in-process runs all have run id 1)
+        runtime = cfg.runtime.model_copy(update={"node_state_dir": Path(tmp) / "node-state"})
+        cfg = cfg.model_copy(update={"runtime": runtime})
         grid = InProcessGrid(client_app, cfg.data.num_partitions)
         with contextlib.redirect_stderr(io.StringIO()):
             run_federation(grid, cfg, out, _Quiet(), resume=False)

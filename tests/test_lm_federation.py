@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from lm_support import lm_config, write_jsonl
 from lm_support import one_torch_thread as one_torch_thread  # fixture for every test here
@@ -106,3 +107,32 @@ def test_the_server_refuses_a_configured_base_hash_it_does_not_hold(corpus: Path
     cfg = lm_config(corpus, base_sha256="f" * 64)
     with pytest.raises(BaseMismatch, match="sha256 "):
         LanguageModelTask(cfg).stamp(cfg)
+
+
+@pytest.mark.slow  # two federations; the protocol itself is tested in test_secagg_round
+def test_secure_aggregation_over_adapter_deltas_matches_the_plain_run(
+    corpus: Path, tmp_path: Path
+) -> None:
+    from safetensors.numpy import load_file
+
+    # equal clients (the cap), so FedAvg's weighted mean is secure aggregation's plain mean;
+    # a clip norm no update reaches: the only difference is fixed-point rounding
+    base = lm_config(corpus, text={"max_client_chunks": 10})
+    plain = _with(base, tmp_path / "p", codec={"clip_norm": 10.0})
+    masked = _with(
+        base,
+        tmp_path / "s",
+        codec={"clip_norm": 10.0},
+        secagg={"enabled": True, "neighbours": 2, "quant_bits": 24},
+    )
+    _federate(plain, tmp_path / "plain")
+    _federate(masked, tmp_path / "secagg")
+    rounds = read_rounds(tmp_path / "secagg" / "metrics.jsonl")
+    assert all(r.clients == 3 and not r.rejected and r.secagg_aborted is None for r in rounds)
+    ours = load_file(tmp_path / "secagg" / "model.safetensors")
+    theirs = load_file(tmp_path / "plain" / "model.safetensors")
+    assert set(ours) == set(theirs) and all(".lora_" in k for k in ours)
+    moved = max(float(abs(v).max()) for k, v in theirs.items() if ".lora_B." in k)
+    assert moved > 1e-3  # the adapters did train
+    for key, value in theirs.items():
+        np.testing.assert_allclose(ours[key], value, rtol=0, atol=1e-4, err_msg=key)
