@@ -35,6 +35,7 @@ from fedsys.protocol import (
     GLOBAL_KEY,
     SEED_KEY,
 )
+from fedsys.registry.publisher import Publisher
 from fedsys.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsys.server.client_eval import evaluate_clients
 from fedsys.server.collect import Rejection, RoundCollector, RoundResult
@@ -60,7 +61,6 @@ from fedsys.server.replay import digests_array, digests_set
 from fedsys.server.secagg_round import SecAggOutcome, SecAggRound
 from fedsys.server.strategies import build_strategy
 from fedsys.server.strategy_state import export_state, import_state
-from fedsys.serving.publisher import Publisher
 from fedsys.tasks import task_for
 from fedsys.training import select_device
 
