@@ -288,6 +288,11 @@ class PublishConfig(Section):
         "<out>/publisher.key; its public half goes to <registry>/publisher.pub).",
     )
     int8_copy: bool = Field(default=False, description="Add an int8 serving copy.")
+    merge: bool = Field(
+        default=False,
+        description="Language models: publish the base with the adapter merged in (a whole "
+        "model; what the int8 copy quantizes) instead of the adapter and its base's sha256.",
+    )
     retries: int = Field(default=3, ge=0, description="Extra attempts per remote publish.")
     backoff_seconds: float = Field(default=0.5, ge=0, description="First retry delay; doubles.")
     timeout_seconds: float = Field(default=10.0, gt=0, description="Per HTTP request.")
@@ -379,6 +384,11 @@ class ExperimentConfig(Section):
                 raise ValueError(
                     f"task 'language_model' reads its data and model from the lm section; "
                     f"remove {', '.join(stray)}"
+                )
+            if self.publish.int8_copy and not self.publish.merge:
+                raise ValueError(
+                    "publish.int8_copy quantizes a whole model: with task 'language_model' "
+                    "it needs publish.merge=true (an adapter alone has no int8 copy)"
                 )
         elif self.lm != LMConfig():
             raise ValueError("the lm section needs task: language_model")

@@ -109,6 +109,32 @@ def test_the_server_refuses_a_configured_base_hash_it_does_not_hold(corpus: Path
         LanguageModelTask(cfg).stamp(cfg)
 
 
+@pytest.mark.parametrize("merge", [False, True])
+def test_a_version_holds_the_adapter_and_its_base_or_the_merged_model(
+    corpus: Path, tmp_path: Path, merge: bool
+) -> None:
+    from fedsys.registry.store import Registry
+
+    publish = {"mode": "at_end", "merge": merge, "int8_copy": merge}
+    cfg = _with(lm_config(corpus), tmp_path, publish=publish, train={"rounds": 1})
+    summary = _federate(cfg, tmp_path / "run")
+    registry = Registry(tmp_path / "run" / "registry")
+    manifest = registry.verify(cfg.name, 1, registry_key(registry))
+    described = manifest.model
+    assert described["task"] == "language_model"
+    assert described["base_sha256"] == summary["base_sha256"]
+    assert described["content"] == ("merged" if merge else "adapter")
+    assert (manifest.int8_sha256 is not None) == merge
+    if not merge:  # A and B both: a complete adapter for its base
+        assert {k.rsplit(".", 2)[-2] for k in described["tensors"]} == {"lora_A", "lora_B"}
+
+
+def registry_key(registry: Any) -> Any:
+    from fedsys.crypto.keys import load_signing_public_key
+
+    return load_signing_public_key(registry.publisher_key_path)
+
+
 @pytest.mark.slow  # two federations; the protocol itself is tested in test_secagg_round
 def test_secure_aggregation_over_adapter_deltas_matches_the_plain_run(
     corpus: Path, tmp_path: Path

@@ -197,7 +197,13 @@ class Federation:
         self.keys: AggregatorKeys | None = None
         # Publishing to the model registry: decided here, written by a background thread.
         self.publisher = (
-            Publisher(cfg, out_dir, self.task.info, eval_data=self.central_data)  # type: ignore[attr-defined]
+            Publisher(
+                cfg,
+                out_dir,
+                self.task.dataset_info(),
+                eval_data=self.task.int8_eval_data(),
+                publication=lambda state: self.task.publication(state, cfg.publish.merge),
+            )
             if cfg.publish.mode != "never"
             else None
         )

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from fedsys.config import ExperimentConfig, TrainConfig
+from fedsys.data.types import DatasetInfo
 from fedsys.training import TrainResult
 
 State = dict[str, torch.Tensor]
@@ -36,6 +37,21 @@ class Metrics:
     accuracy: float
     num_examples: int
     extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class Publication:
+    """What a registry version of the global state holds and how it is described.
+
+    ``model`` goes into the manifest (how to rebuild the module the weights load into);
+    ``module`` is that module with the weights in, for the int8 copy (None: no copy applies).
+    """
+
+    weights: dict[str, np.ndarray]
+    model: dict[str, Any]
+    input_shape: tuple[int, ...]
+    num_classes: int
+    module: nn.Module | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,6 +140,18 @@ class Task(Protocol):
 
     def weights_metadata(self) -> dict[str, str]:
         """What ``model.safetensors`` says about itself (safetensors metadata)."""
+        ...
+
+    def dataset_info(self) -> DatasetInfo | None:
+        """A classifier's input shape and classes (the registry's manifest), else None."""
+        ...
+
+    def int8_eval_data(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Data the int8 copy's accuracy is compared on (classification), else None."""
+        ...
+
+    def publication(self, state: Mapping[str, np.ndarray], merge: bool) -> Publication | None:
+        """A registry version of ``state``, or None for the publisher's classifier path."""
         ...
 
     def example_request(self, rows: int) -> dict[str, Any] | None:

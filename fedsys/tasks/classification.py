@@ -16,7 +16,7 @@ from fedsys.config import ExperimentConfig, TrainConfig
 from fedsys.data import client_partition, load_dataset
 from fedsys.data.types import DatasetInfo
 from fedsys.models import build_model, count_parameters
-from fedsys.tasks.base import ClientData, Metrics, State
+from fedsys.tasks.base import ClientData, Metrics, Publication, State
 from fedsys.training import TrainResult, evaluate, train_local
 
 
@@ -122,6 +122,15 @@ class ClassificationTask:
 
     def weights_metadata(self) -> dict[str, str]:
         return {"model": self.cfg.model.model_dump_json()}
+
+    def dataset_info(self) -> DatasetInfo | None:
+        return self.info
+
+    def int8_eval_data(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.central_data()
+
+    def publication(self, state: Mapping[str, np.ndarray], merge: bool) -> Publication | None:
+        return None  # the publisher's own path: the state is the classifier's whole state_dict
 
     def example_request(self, rows: int) -> dict[str, Any] | None:
         """The first test samples as a predict body (six decimals: what a person pastes)."""

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from fedsys.config import ExperimentConfig, TrainConfig
+from fedsys.data.types import DatasetInfo
 from fedsys.errors import ConfigError, FedsysError
-from fedsys.tasks.base import ClientData, Metrics, State
+from fedsys.tasks.base import ClientData, Metrics, Publication, State
 from fedsys.tasks.lm.lora import (
     adapter_parameters,
     attach_lora,
@@ -213,6 +214,35 @@ class LanguageModelTask:
             "base_sha256": self.base.sha256,
             "content": "adapter" if self.aggregation != "full" else "model",
         }
+
+    def dataset_info(self) -> DatasetInfo | None:
+        return None
+
+    def int8_eval_data(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None
+
+    def publication(self, state: Mapping[str, np.ndarray], merge: bool) -> Publication | None:
+        """The adapter and its base's sha256, or (``merge``) the merged model."""
+        from fedsys.tasks.lm.publish import adapter_tensors, describe, merged_model
+
+        model = self.model()
+        if merge or self.aggregation == "full":
+            merged = merged_model(model, state, self.aggregation)
+            weights = {k: v.detach().numpy().copy() for k, v in merged.state_dict().items()}
+            content, module = "merged", merged
+        else:
+            weights, content, module = (
+                adapter_tensors(model, state, self.aggregation),
+                "adapter",
+                None,
+            )
+        return Publication(
+            weights=weights,
+            model=describe(self.base, self.lm, content, weights),
+            input_shape=(self.lm.text.seq_len,),
+            num_classes=self.tokenizer.vocab_size,
+            module=module,
+        )
 
     def example_request(self, rows: int) -> dict[str, Any] | None:
         return None
