@@ -72,8 +72,8 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
     # Imported here: Flower and Ray are heavy, and `fedsys --help` should stay instant.
     from flwr.simulation import run_simulation
 
-    from fedsys.client.app import app as client_app
-    from fedsys.server.app import Launch, make_server_app
+    from fedsys.client.client_app import app as client_app
+    from fedsys.server.server_app import Launch, make_server_app
 
     # Fail on missing or unreadable data here, before Ray and the virtual nodes start.
     task.central_data()

@@ -1,7 +1,7 @@
 """Datasets as in-memory arrays, and their deterministic split across clients."""
 
+from fedsys.data.catalog import clear_memo, client_partition, load_dataset, partition_indices
 from fedsys.data.partition import dirichlet, iid, natural, shards
-from fedsys.data.registry import clear_memo, client_partition, load_dataset, partition_indices
 from fedsys.data.types import ArrayDataset, DatasetInfo
 
 __all__ = [

@@ -65,7 +65,7 @@ class ClassificationTask:
         return ClientData(train=xy, held_out=xy, num_examples=len(part))
 
     def node_data(self, path: str) -> ClientData:
-        from fedsys.deploy.node_data import read_node_data
+        from fedsys.client.node_data import read_node_data
 
         x, y = read_node_data(Path(path))
         xy = (torch.from_numpy(x), torch.from_numpy(y))

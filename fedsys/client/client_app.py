@@ -16,8 +16,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from fedsys.client import secagg
+from fedsys.client import secagg_handler
 from fedsys.client.attack import attack_for
+from fedsys.client.node_config import NodeConfig
 from fedsys.client.node_state import state_root
 from fedsys.client.outbound import encode_delta, signing_key
 from fedsys.codec.downlink import decode_global
@@ -65,7 +66,7 @@ def _model(cfg: ExperimentConfig) -> tuple[Task, nn.Module]:
 
 
 def _partition_id(context: Context) -> int:
-    return int(context.node_config.get("partition-id", 0))
+    return NodeConfig.parse(context.node_config).partition_id
 
 
 @lru_cache(maxsize=4)
@@ -76,16 +77,16 @@ def _file_data(config_json: str, path: str) -> ClientData:
 
 def _local_data(config_json: str, context: Context) -> ClientData:
     """``data-path`` from the node config (deployed), else this node's partition."""
-    data_path = context.node_config.get("data-path")
-    if data_path:
-        return _file_data(config_json, str(data_path))
-    return _partition_data(config_json, _partition_id(context))
+    node = NodeConfig.parse(context.node_config)
+    if node.data_path is not None:
+        return _file_data(config_json, node.data_path)
+    return _partition_data(config_json, node.partition_id)
 
 
 def _client_id(context: Context) -> str:
     """A stable name for this node's signing identity (``client-id`` in the node config)."""
-    named = context.node_config.get("client-id")
-    return str(named) if named else f"sim-{_partition_id(context)}"
+    node = NodeConfig.parse(context.node_config)
+    return node.client_id if node.client_id is not None else f"sim-{node.partition_id}"
 
 
 def _straggler_work(cfg: ExperimentConfig, seed: int, rnd: int, partition_id: int) -> float:
@@ -162,7 +163,7 @@ def train(msg: Message, context: Context) -> Message:
             "straggler": int(work < 1.0),
         }
         state_dir = state_root(cfg.runtime.node_state_dir)
-        return secagg.setup(msg, context, cfg, delta, done, state_dir=state_dir, seed=seed)
+        return secagg_handler.setup(msg, context, cfg, delta, done, state_dir=state_dir, seed=seed)
     aggregator_key = config.get(AGGREGATOR_KEY)
     stated = attack.stated_weight(result.num_examples) if attack else result.num_examples
     outbound = encode_delta(
@@ -216,17 +217,17 @@ def evaluate_local(msg: Message, context: Context) -> Message:
 
 @app.query(STAGE_SHARE)
 def secagg_share(msg: Message, context: Context) -> Message:
-    return secagg.share(msg, context)
+    return secagg_handler.share(msg, context)
 
 
 @app.query(STAGE_MASK)
 def secagg_mask(msg: Message, context: Context) -> Message:
-    return secagg.mask(msg, context)
+    return secagg_handler.mask(msg, context)
 
 
 @app.query(STAGE_UNMASK)
 def secagg_unmask(msg: Message, context: Context) -> Message:
-    return secagg.unmask(msg, context)
+    return secagg_handler.unmask(msg, context)
 
 
 def _declared_examples(msg: Message, context: Context) -> int | None:
