@@ -162,3 +162,58 @@ def test_secure_aggregation_over_adapter_deltas_matches_the_plain_run(
     assert moved > 1e-3  # the adapters did train
     for key, value in theirs.items():
         np.testing.assert_allclose(ours[key], value, rtol=0, atol=1e-4, err_msg=key)
+
+
+RUN_SCRIPT = """
+import contextlib, io, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from fedsys.app import client_app
+from fedsys.config import ExperimentConfig
+from fedsys.inprocess import InProcessGrid
+from fedsys.server.loop import run_federation
+sys.path.insert(0, sys.argv[4])
+from test_lm_federation import _Quiet
+cfg = ExperimentConfig.model_validate_json(Path(sys.argv[1]).read_text())
+with contextlib.redirect_stderr(io.StringIO()):
+    run_federation(InProcessGrid(client_app, cfg.data.num_partitions), cfg, Path(sys.argv[2]),
+                   _Quiet(), resume=sys.argv[3] == "resume")
+"""
+
+
+def _run_script(
+    tmp: Path, cfg: ExperimentConfig, out: Path, mode: str, env_extra: dict[str, str]
+) -> int:
+    import os
+    import subprocess
+    import sys
+
+    script, cfg_file = tmp / "run.py", tmp / f"{out.name}.json"
+    script.write_text(RUN_SCRIPT)
+    cfg_file.write_text(cfg.to_json())
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **env_extra}
+    argv = [sys.executable, str(script), str(cfg_file), str(out), mode, tests]
+    return subprocess.run(argv, env=env, capture_output=True, timeout=600).returncode
+
+
+@pytest.mark.slow  # three processes that each import transformers
+def test_a_killed_language_model_run_resumes_to_the_same_adapter(
+    corpus: Path, tmp_path: Path
+) -> None:
+    from safetensors.numpy import load_file
+    from simulate_support import kill_after_round
+
+    cfg = _with(lm_config(corpus), tmp_path, train={"rounds": 3})
+    assert _run_script(tmp_path, cfg, tmp_path / "whole", "fresh", {}) == 0
+    killed = _run_script(tmp_path, cfg, tmp_path / "killed", "fresh", kill_after_round(1))
+    assert killed == -9  # SIGKILL after round 1's checkpoint
+    assert _run_script(tmp_path, cfg, tmp_path / "killed", "resume", {}) == 0
+    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert summary["resumed_from_round"] == 1 and summary["rounds"] == 3
+    whole = load_file(tmp_path / "whole" / "model.safetensors")
+    resumed = load_file(tmp_path / "killed" / "model.safetensors")
+    assert set(whole) == set(resumed) and all(".lora_" in k for k in whole)
+    for key, value in whole.items():  # codec.quantize=none: bit for bit
+        np.testing.assert_array_equal(resumed[key], value, err_msg=key)
