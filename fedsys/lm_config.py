@@ -138,6 +138,11 @@ class LMConfig(Section):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Recompute activations in the backward pass (less memory, more time); "
+        "with train.amp on CUDA, training runs under bf16 autocast.",
+    )
     max_eval_chunks: int = Field(
         default=256, ge=1, description="Held-out chunks in the central evaluation (a sample)."
     )

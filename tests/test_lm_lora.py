@@ -90,6 +90,16 @@ def test_fedit_aggregate_deviates_from_the_mean_of_the_products(corpus: Path) ->
     assert gap.relative > 1e-4  # mean(B)·mean(A) is not mean(B·A)
 
 
+def test_gradient_checkpointing_trains_the_same_adapter(corpus: Path) -> None:
+    plain = _round(lm_config(corpus, text={"max_client_chunks": 4}))[1]
+    checkpointed = _round(
+        lm_config(corpus, text={"max_client_chunks": 4}, gradient_checkpointing=True)
+    )[1]
+    for ours, theirs in zip(checkpointed, plain, strict=True):
+        for key, value in theirs.items():
+            torch.testing.assert_close(ours[key], value, rtol=1e-4, atol=1e-5)
+
+
 def test_hetlora_clients_train_only_their_own_rank(corpus: Path) -> None:
     cfg = lm_config(corpus, lora={"aggregation": "hetlora", "rank": 4, "client_ranks": [2, 4]})
     task, states, _ = _round(cfg)

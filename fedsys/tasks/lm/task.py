@@ -131,6 +131,10 @@ class LanguageModelTask:
         with self._lock:
             if self._model is None:
                 base = self.base  # hashed before adapters are attached
+                if self.lm.gradient_checkpointing:
+                    base.model.gradient_checkpointing_enable(  # type: ignore[operator]
+                        gradient_checkpointing_kwargs={"use_reentrant": False}
+                    )
                 self._model = attach_lora(base.model, self.lm.lora, self.seed)
                 self._initial = {
                     k: v.numpy() for k, v in travelling_state(self._model, self.aggregation).items()
