@@ -142,3 +142,21 @@ def test_pretrain_writes_a_checkpoint_a_run_can_name_as_its_base(
     metrics = task.evaluate(task.model(), task.central_data(), device=CPU)
     assert metrics.extra["perplexity"] == pytest.approx(torch.tensor(metrics.loss).exp().item())
     assert 0 <= metrics.accuracy <= 1
+
+
+def test_fedsys_pretrain_writes_the_base_and_says_where(corpus: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedsys.cli import app
+    from fedsys.config import dump_config
+
+    config = tmp_path / "lm.yaml"
+    dump_config(lm_config(corpus, pretrain={"steps": 2, "batch_size": 2}), config)
+    out = tmp_path / "base"
+    result = CliRunner().invoke(app, ["pretrain", "--config", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "perplexity" in result.output and (out / "model.safetensors").is_file()
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("name: plain\n")
+    refused = CliRunner().invoke(app, ["pretrain", "--config", str(plain), "--out", str(out)])
+    assert refused.exit_code == 2 and "task: language_model" in refused.output
