@@ -83,6 +83,20 @@ def test_ffa_adapters_travel_int8_and_sealed_and_every_client_is_scored(
     assert meta["base_sha256"] == summary["base_sha256"] and meta["content"] == "adapter"
 
 
+def test_hetlora_ranks_through_the_round_loop(corpus: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    lora = {"aggregation": "hetlora", "rank": 4, "client_ranks": [2, 4, 2]}
+    cfg = _with(lm_config(corpus, lora=lora), tmp_path, train={"rounds": 1})
+    _federate(cfg, tmp_path / "run")
+    rounds = read_rounds(tmp_path / "run" / "metrics.jsonl")
+    assert rounds[0].clients == 3 and not rounds[0].rejected
+    model = load_file(tmp_path / "run" / "model.safetensors")
+    b = [v for k, v in model.items() if ".lora_B." in k]
+    assert all(v.shape[1] == 4 for v in b)  # the global adapter has the largest rank
+    assert any(np.abs(v[:, 2:]).max() > 0 for v in b)  # the rank-4 client's components
+
+
 def test_a_node_with_another_base_is_refused_with_the_reason(
     corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
