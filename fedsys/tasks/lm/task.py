@@ -132,8 +132,8 @@ class LanguageModelTask:
             if self._model is None:
                 base = self.base  # hashed before adapters are attached
                 if self.lm.gradient_checkpointing:
-                    base.model.gradient_checkpointing_enable(  # type: ignore[operator]
-                        gradient_checkpointing_kwargs={"use_reentrant": False}
+                    base.model.activation_checkpointing_enable(  # type: ignore[operator]
+                        activation_checkpointing_kwargs={"use_reentrant": False}
                     )
                 self._model = attach_lora(base.model, self.lm.lora, self.seed)
                 self._initial = {
