@@ -260,6 +260,47 @@ def serve(
     serve_forever(settings)
 
 
+PRETRAIN_HELP = (
+    "Train a language model's base centrally on the public split of its text (task: "
+    "language_model) and write a Hugging Face checkpoint directory that lm.base can name.\n\n"
+    "The summary line goes to stdout. Exit codes: 0 written, 1 training failed, 2 a config "
+    "or usage error."
+)
+
+
+@app.command(help=PRETRAIN_HELP)
+def pretrain(
+    config: ConfigOpt = None,
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")
+    ] = Path("runs/lm-base"),
+    set_: SetOpt = None,
+) -> None:
+    """Pre-train a language model's base (help: PRETRAIN_HELP)."""
+    cfg = _load(config, set_)
+    if cfg.task != "language_model":
+        err.print("[red]error:[/red] fedsys pretrain needs a config with task: language_model")
+        raise typer.Exit(2)
+    _setup_logging(cfg.runtime.log_level)
+    from fedsys.tasks.lm.pretrain import pretrain as run
+
+    err.print(
+        f"pre-training {cfg.lm.size} on the public split for {cfg.lm.pretrain.steps} steps "
+        "(importing transformers first)"
+    )
+    try:
+        report = run(cfg, out_dir)
+    except FedsysError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    stdout.print(
+        f"[bold green]done[/bold green]: {report.parameters:,} parameters, public held-out "
+        f"perplexity {report.public_perplexity:.2f} after {report.steps} steps "
+        f"({report.seconds:.1f} s); base sha256 {report.base_sha256[:16]}...; "
+        f"checkpoint in {out_dir}"
+    )
+
+
 # Deployment: keys and certificates, the aggregation server, the client daemon.
 app.add_typer(keys_app, name="keys")
 app.command("certs")(certs_cmd)

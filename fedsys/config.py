@@ -18,6 +18,7 @@ from fedsys.config_section import Section
 from fedsys.defense_config import AttackConfig, DefenseConfig
 from fedsys.defense_config import AttackName as AttackName  # re-exported
 from fedsys.errors import ConfigError
+from fedsys.lm_config import LMConfig, TaskName
 from fedsys.scale_config import FedBuffConfig, FederatedEvalConfig, PopulationConfig
 from fedsys.strategy_traits import ROBUST_STRATEGIES as ROBUST_STRATEGIES  # re-exported
 from fedsys.strategy_traits import STRATEGY_TRAITS, names_where
@@ -285,6 +286,11 @@ class PublishConfig(Section):
         "<out>/publisher.key; its public half goes to <registry>/publisher.pub).",
     )
     int8_copy: bool = Field(default=False, description="Add an int8 serving copy.")
+    merge: bool = Field(
+        default=False,
+        description="Language models: publish the base with the adapter merged in (a whole "
+        "model; what the int8 copy quantizes) instead of the adapter and its base's sha256.",
+    )
     retries: int = Field(default=3, ge=0, description="Extra attempts per remote publish.")
     backoff_seconds: float = Field(default=0.5, ge=0, description="First retry delay; doubles.")
     timeout_seconds: float = Field(default=10.0, gt=0, description="Per HTTP request.")
@@ -344,6 +350,10 @@ class ExperimentConfig(Section):
     """One federated-learning experiment, end to end."""
 
     name: str = "quickstart"
+    task: TaskName = Field(
+        default="classification",
+        description="classification (data/model sections) or language_model (the lm section).",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -361,6 +371,37 @@ class ExperimentConfig(Section):
         description="Asynchronous buffered aggregation instead of rounds (fedbuff.enabled).",
     )
     federated_eval: FederatedEvalConfig = Field(default_factory=FederatedEvalConfig)
+    lm: LMConfig = Field(default_factory=LMConfig)
+
+    @model_validator(mode="after")
+    def _check_task(self) -> ExperimentConfig:
+        """Each task reads its own sections: settings of the other one are a mistake."""
+        if self.task == "language_model":
+            # compared with the defaults, not fields set: a config survives a JSON round trip
+            data, model = DataConfig(), ModelConfig()
+            stray = [
+                f"data.{k}"
+                for k in DataConfig.model_fields
+                if k != "num_partitions" and getattr(self.data, k) != getattr(data, k)
+            ]
+            stray += [
+                f"model.{k}"
+                for k in ModelConfig.model_fields
+                if getattr(self.model, k) != getattr(model, k)
+            ]
+            if stray:
+                raise ValueError(
+                    f"task 'language_model' reads its data and model from the lm section; "
+                    f"remove {', '.join(stray)}"
+                )
+            if self.publish.int8_copy and not self.publish.merge:
+                raise ValueError(
+                    "publish.int8_copy quantizes a whole model: with task 'language_model' "
+                    "it needs publish.merge=true (an adapter alone has no int8 copy)"
+                )
+        elif self.lm != LMConfig():
+            raise ValueError("the lm section needs task: language_model")
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:

@@ -8,13 +8,10 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from fedsys.config import ExperimentConfig
 from fedsys.server.progress import stage
-
-if TYPE_CHECKING:
-    from fedsys.data import ArrayDataset, DatasetInfo
 
 EXAMPLE_FILE = "example.json"  # a ready predict request: two test samples
 EXAMPLE_ROWS = 2
@@ -26,19 +23,18 @@ def _quiet_flower(level: str) -> None:
     logging.getLogger("flwr").setLevel(flwr_level)
 
 
-def _with_node_state_dir(cfg: ExperimentConfig, info: DatasetInfo) -> ExperimentConfig:
+def _with_node_state_dir(cfg: ExperimentConfig) -> ExperimentConfig:
     """Decide once, for every virtual node, where error-feedback residuals go (see
     ``fedsys.client.node_state.simulation_state_dir``); the choice travels in the config."""
     from fedsys.client.node_state import simulation_state_dir
     from fedsys.client.outbound import uses_error_feedback
-    from fedsys.models import build_model, count_parameters
+    from fedsys.tasks import task_for
 
     if cfg.runtime.node_state_dir is not None or not uses_error_feedback(cfg.codec):
         return cfg
     from fedsys.client.state_budget import budget_bytes, sampled_per_round
 
-    params = count_parameters(build_model(cfg.model, info))
-    per_client = 2 * 4 * params  # two float32 slots
+    per_client = 2 * 4 * task_for(cfg).update_parameters()  # two float32 slots of what travels
     # What the residuals can take at most: every client's, or the budget's cap on them.
     budget = budget_bytes(cfg.population.state_budget_mb, sampled_per_round(cfg), per_client)
     residual_bytes = min(per_client * cfg.data.num_partitions, budget)
@@ -49,13 +45,11 @@ def _with_node_state_dir(cfg: ExperimentConfig, info: DatasetInfo) -> Experiment
     return cfg.model_copy(update={"runtime": runtime})
 
 
-def write_example(test: ArrayDataset, out_dir: Path, rows: int = EXAMPLE_ROWS) -> Path:
-    """``<out>/example.json``: the first test samples as a predict request body, so the
-    endpoint can be tried with ``curl -d @<out>/example.json`` (no input at hand otherwise).
-    Six decimals: what a person reads and pastes."""
-    import numpy as np
-
-    body = {"instances": np.round(test.x[:rows].astype(np.float64), 6).tolist()}
+def write_example(body: dict[str, Any] | None, out_dir: Path) -> Path | None:
+    """``<out>/example.json``: a ready request body from the task (classification: the first
+    test samples), so the endpoint can be tried with ``curl -d @<out>/example.json``."""
+    if body is None:
+        return None
     path = out_dir / EXAMPLE_FILE
     path.write_text(json.dumps(body) + "\n")
     return path
@@ -76,21 +70,23 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
         # Read by Flower's logger in every process that imports it, the Ray workers included
         # (they inherit this environment); _quiet_flower only reaches this process.
         os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
+    from fedsys.tasks import task_for
+
+    task = task_for(cfg)
     stage(
-        f"loading Flower, Ray and torch; preparing data ({cfg.data.name}, "
+        f"loading Flower, Ray and torch; preparing data ({task.label}, "
         f"{cfg.data.num_partitions} partitions)"
     )
     # Imported here: Flower and Ray are heavy, and `fedsys --help` should stay instant.
     from flwr.simulation import run_simulation
 
     from fedsys.client.client_app import app as client_app
-    from fedsys.data import load_test
     from fedsys.server.server_app import Launch, make_server_app
 
     # Fail on missing or unreadable data here, before Ray and the virtual nodes start (the
-    # test set only: a generated population's training data is made by its clients).
-    test, info = load_test(cfg.data, cfg.runtime.seed)
-    cfg = _with_node_state_dir(cfg, info)
+    # central data only: a generated population's training data is made by its clients).
+    task.central_data()
+    cfg = _with_node_state_dir(cfg)
     _quiet_flower(cfg.runtime.log_level)
     backend_config = {
         "client_resources": {
@@ -123,4 +119,4 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
 
             close_loop(cfg, out_dir, url)
     if (out_dir / "summary.json").exists():
-        write_example(test, out_dir)
+        write_example(task.example_request(EXAMPLE_ROWS), out_dir)

@@ -64,8 +64,10 @@ def test_a_clients_evaluation_reads_only_its_own_held_out_data(
         asked.append(pid)
         return client_partition(data_cfg, seed, pid)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(client_module, "client_partition", spy)
-    client_module._partition_tensors.cache_clear()
+    from fedsys.tasks import classification
+
+    monkeypatch.setattr(classification, "client_partition", spy)
+    client_module._partition_data.cache_clear()
     model = build_model(cfg.model, dataset_info(cfg.data, 0))
     config = ConfigRecord({CONFIG_KEY: cfg.to_json(), SEED_KEY: 0, CLIENT_KEY: 7})
     msg = Message(

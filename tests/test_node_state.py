@@ -19,7 +19,6 @@ from fedsys.client.node_state import (
 )
 from fedsys.codec import Residual
 from fedsys.config import build_config
-from fedsys.data import load_dataset
 from fedsys.memory import keep_freed_memory
 from fedsys.simulation import _with_node_state_dir
 
@@ -40,15 +39,14 @@ def test_residuals_go_to_shared_memory_only_when_they_fit(tmp_path: Path) -> Non
 
 def test_simulation_chooses_once_and_only_with_error_feedback(tmp_path: Path) -> None:
     cfg = build_config({}, ["codec.quantize=int8"])
-    _, _, info = load_dataset(cfg.data, cfg.runtime.seed)
-    chosen = _with_node_state_dir(cfg, info)
+    chosen = _with_node_state_dir(cfg)
     expected = simulation_state_dir(None, 1 << 20)  # the quickstart's ten small residuals
     assert chosen.runtime.node_state_dir == expected
     assert cfg.runtime.node_state_dir is None  # the caller's config is not changed
     plain = build_config({}, ["codec.quantize=int8", "codec.error_feedback=false"])
-    assert _with_node_state_dir(plain, info).runtime.node_state_dir is None
+    assert _with_node_state_dir(plain).runtime.node_state_dir is None
     pinned = build_config({}, ["codec.quantize=int8", f"runtime.node_state_dir={tmp_path}"])
-    assert _with_node_state_dir(pinned, info).runtime.node_state_dir == tmp_path
+    assert _with_node_state_dir(pinned).runtime.node_state_dir == tmp_path
 
 
 @pytest.mark.skipif(

@@ -7,8 +7,8 @@ the model object are memoised per process: a simulation worker serves many clien
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +18,6 @@ from torch import nn
 
 from fedsys.client import secagg_handler
 from fedsys.client.attack import attack_for
-from fedsys.client.holdout import holdout_mask
 from fedsys.client.node_config import NodeConfig
 from fedsys.client.node_state import state_root
 from fedsys.client.outbound import encode_delta, signing_key
@@ -28,10 +27,8 @@ from fedsys.codec.downlink import decode_global
 from fedsys.config import ExperimentConfig
 from fedsys.crypto import RoundBinding
 from fedsys.crypto.keys import public_to_raw, signing_key_from_pem
-from fedsys.data import client_partition, client_test_partition, dataset_info
 from fedsys.errors import FedsysError
 from fedsys.memory import keep_freed_memory
-from fedsys.models import build_model
 from fedsys.protocol import (
     AGGREGATOR_KEY,
     CLIENT_KEY,
@@ -46,7 +43,8 @@ from fedsys.protocol import (
 )
 from fedsys.secagg.messages import PARAMS_KEY as SECAGG_PARAMS_KEY
 from fedsys.secagg.messages import STAGE_MASK, STAGE_SHARE, STAGE_UNMASK
-from fedsys.training import derive_seed, evaluate, select_device, state_delta, train_local
+from fedsys.tasks import ClientData, Task, task_for
+from fedsys.training import derive_seed, select_device, state_delta
 
 app = ClientApp()
 
@@ -57,73 +55,32 @@ def _parse_config(config_json: str) -> ExperimentConfig:
 
 
 @lru_cache(maxsize=64)
-def _partition_tensors(
-    config_json: str, seed: int, partition_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    cfg = _parse_config(config_json)
-    part = client_partition(cfg.data, seed, partition_id)
-    return torch.from_numpy(part.x), torch.from_numpy(part.y)
+def _partition_data(config_json: str, partition_id: int) -> ClientData:
+    return task_for(_parse_config(config_json)).client_data(partition_id)
 
 
-@lru_cache(maxsize=4)
-def _model(config_json: str, seed: int) -> nn.Module:
-    """One model object per architecture and process; weights are overwritten every message."""
-    cfg = _parse_config(config_json)
+def _model(cfg: ExperimentConfig) -> tuple[Task, nn.Module]:
+    """The task and its model object, one per process (the frozen base of a language model
+    included); states are loaded into it every message."""
     torch.set_num_threads(cfg.runtime.torch_threads)
     if cfg.runtime.reuse_freed_memory:
         keep_freed_memory()
-    return build_model(cfg.model, dataset_info(cfg.data, seed))
+    task = task_for(cfg)
+    return task, task.model()
 
 
 @lru_cache(maxsize=4)
-def _file_tensors(path: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A deployed node's own data: an ``.npz`` file with ``x`` and ``y`` (no pickle)."""
-    from fedsys.client.node_data import read_node_data
-
-    x, y = read_node_data(Path(path))
-    return torch.from_numpy(x), torch.from_numpy(y)
+def _file_data(config_json: str, path: str) -> ClientData:
+    """A deployed node's own data (classification: an ``.npz`` with ``x`` and ``y``)."""
+    return task_for(_parse_config(config_json)).node_data(path)
 
 
-def _local_tensors(
-    config_json: str, seed: int, context: Context, pid: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _local_data(config_json: str, context: Context, pid: int) -> ClientData:
     """``data-path`` from the node config (deployed), else partition ``pid``."""
     data_path = NodeConfig.parse(context.node_config).data_path
     if data_path is not None:
-        return _file_tensors(data_path)
-    return _partition_tensors(config_json, seed, pid)
-
-
-@lru_cache(maxsize=64)
-def _own_test_tensors(
-    config_json: str, seed: int, pid: int
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    test = client_test_partition(_parse_config(config_json).data, seed, pid)
-    return None if test is None else (torch.from_numpy(test.x), torch.from_numpy(test.y))
-
-
-def _split_tensors(
-    config_json: str, seed: int, context: Context, pid: int, *, held_out: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The client's training data (``held_out`` False) or its own evaluation data (True).
-
-    Without federated evaluation the client trains (and, if asked, evaluates) on everything
-    it holds. With it, the evaluation data is the client's own test share where the dataset
-    has one, else a seeded share of its partition that it never trains on
-    (``fedsys.client.holdout``).
-    """
-    cfg = _parse_config(config_json)
-    fed = cfg.federated_eval
-    x, y = _local_tensors(config_json, seed, context, pid)
-    if not fed.enabled:  # nothing held out: an evaluation request sees the local data
-        return x, y
-    deployed = NodeConfig.parse(context.node_config).data_path is not None
-    own = None if deployed else _own_test_tensors(config_json, seed, pid)
-    if own is not None:
-        return own if held_out else (x, y)
-    mask = torch.from_numpy(holdout_mask(len(y), fed.holdout_fraction, seed, pid))
-    keep = mask if held_out else ~mask
-    return x[keep], y[keep]
+        return _file_data(config_json, data_path)
+    return _partition_data(config_json, pid)
 
 
 def _straggler_work(cfg: ExperimentConfig, seed: int, rnd: int, partition_id: int) -> float:
@@ -148,7 +105,7 @@ def _received(msg: Message) -> tuple[str, int, ArrayRecord, ConfigRecord]:
 
 
 def _global_state(
-    model: nn.Module, arrays: ArrayRecord, config: ConfigRecord
+    template: Mapping[str, torch.Tensor], arrays: ArrayRecord, config: ConfigRecord
 ) -> dict[str, torch.Tensor]:
     """The model to start from: the coded copy when the server sent one, else the arrays.
 
@@ -157,7 +114,7 @@ def _global_state(
     """
     coded = config.get(GLOBAL_KEY)
     if isinstance(coded, bytes):
-        return decode_global(coded, model.state_dict())
+        return decode_global(coded, template)
     return arrays.to_torch_state_dict()
 
 
@@ -174,24 +131,25 @@ def train(msg: Message, context: Context) -> Message:
     cfg = _parse_config(config_json)
     rnd = int(record_number(config, "server-round"))
     pid = partition_id(context, config)
-    x, y = _split_tensors(config_json, seed, context, pid, held_out=False)
-    model = _model(config_json, seed)
-    global_state = _global_state(model, arrays, config)
-    model.load_state_dict(global_state)
+    task, model = _model(cfg)
+    task.check_server(cfg)
+    data = _local_data(config_json, context, pid)
+    global_state = task.local_start(_global_state(task.state_of(model), arrays, config), pid)
+    task.load_state(model, global_state)
     device = select_device(cfg.train.device)
     work = _straggler_work(cfg, seed, rnd, pid)
-    result = train_local(
+    result = task.train(
         model,
-        x,
-        y,
+        data,
         cfg.train,
         seed=derive_seed(seed, rnd, pid),
         device=device,
         proximal_mu=record_number(config, "proximal-mu", 0.0),
         work_fraction=work,
+        partition_id=pid,
     )
     # global_state is this call's own decoded copy, no longer needed once training is done
-    delta = state_delta(model.state_dict(), global_state, overwrite_base=True)
+    delta = state_delta(task.state_of(model), global_state, overwrite_base=True)
     attack = attack_for(cfg, context, pid, rnd)  # None unless a simulated Byzantine client
     if attack is not None:
         delta = attack.tamper_delta(delta)
@@ -241,17 +199,22 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this client's own held-out data."""
-    config_json, seed, arrays, config = _received(msg)
+    config_json, _, arrays, config = _received(msg)
     cfg = _parse_config(config_json)
     pid = partition_id(context, config)
-    x, y = _split_tensors(config_json, seed, context, pid, held_out=True)
-    model = _model(config_json, seed)
-    model.load_state_dict(_global_state(model, arrays, config))
-    res = evaluate(
-        model, x, y, batch_size=cfg.train.eval_batch_size, device=select_device(cfg.train.device)
-    )
+    task, model = _model(cfg)
+    task.check_server(cfg)
+    data = _local_data(config_json, context, pid)
+    task.load_state(model, _global_state(task.state_of(model), arrays, config))
+    res = task.evaluate(model, data.held_out, device=select_device(cfg.train.device))
     metrics = MetricRecord(
-        {"num-examples": res.num_examples, "eval_loss": res.loss, "eval_accuracy": res.accuracy}
+        {
+            "num-examples": res.num_examples,
+            "eval_loss": res.loss,
+            "eval_accuracy": res.accuracy,
+            "partition-id": pid,
+            **{f"eval_{k}": v for k, v in res.extra.items()},
+        }
     )
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
@@ -277,13 +240,12 @@ def _declared_examples(msg: Message, context: Context) -> int | None:
     config = msg.content.config_records.get("config")
     if config is None or CONFIG_KEY not in config:
         return None
-    config_json, seed = record_text(config, CONFIG_KEY), int(record_number(config, SEED_KEY))
+    config_json = record_text(config, CONFIG_KEY)
     try:
         pid = partition_id(context, config)
-        _, y = _split_tensors(config_json, seed, context, pid, held_out=False)
+        return _local_data(config_json, context, pid).num_examples
     except (FedsysError, OSError, ValueError):
         return None  # the train handler reports the data problem; the hello still answers
-    return len(y)
 
 
 def _introduction(msg: Message, context: Context, config: ConfigRecord | None) -> ConfigRecord:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 import numpy as np
@@ -49,6 +49,9 @@ from fedsys.registry.store import (
     build_module,
 )
 from fedsys.registry.version_manifest import Lineage, check_name
+
+if TYPE_CHECKING:
+    from fedsys.tasks.base import Publication
 
 log = logging.getLogger("fedsys")
 
@@ -119,9 +122,10 @@ class Publisher:
         self,
         cfg: ExperimentConfig,
         out_dir: Path,
-        info: DatasetInfo,
+        info: DatasetInfo | None,
         *,
         eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+        publication: Callable[[dict[str, np.ndarray]], Publication | None] | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -130,6 +134,9 @@ class Publisher:
         self.name = check_name(cfg.name)
         self.info = info
         self.eval_data = eval_data
+        # The task's own version content (a language model's adapter or merged weights);
+        # None, or a None from it: the state is the classifier the config describes.
+        self.publication = publication
         root = self.pub.registry if self.pub.registry is not None else out_dir / "registry"
         self.registry = Registry(root, audit=AuditLog(root / AUDIT_FILE))
         self.key = _signing_key(cfg, out_dir)
@@ -327,6 +334,11 @@ class Publisher:
             self._local_retry.pop(0)
 
     def _write(self, job: _Job) -> None:
+        made = self.publication(job.arrays) if self.publication is not None else None
+        if made is not None:
+            self._write_publication(job, made)
+            return
+        info = self._info()
         metrics = dict(job.metrics)
         int8_blob: bytes | None = None
         model = self.cfg.model.model_dump(mode="json")
@@ -348,8 +360,8 @@ class Publisher:
             self.name,
             job.arrays,
             model=model,
-            input_shape=self.info.input_shape,
-            num_classes=self.info.num_classes,
+            input_shape=info.input_shape,
+            num_classes=info.num_classes,
             round=job.round,
             metrics=metrics,
             lineage=job.lineage,
@@ -360,9 +372,37 @@ class Publisher:
         )
         log.info("round %d: published %s v%d", job.round, self.name, job.version)
 
+    def _write_publication(self, job: _Job, made: Publication) -> None:
+        """A version whose content and description the task made (see ``Task.publication``)."""
+        int8_blob = None
+        if self.pub.int8_copy and made.module is not None:
+            int8_blob = int8_to_bytes(quantize_int8(made.module))
+        self.registry.publish(
+            self.name,
+            made.weights,
+            model=made.model,
+            input_shape=made.input_shape,
+            num_classes=made.num_classes,
+            round=job.round,
+            metrics=dict(job.metrics),
+            lineage=job.lineage,
+            signing_key=self.key,
+            int8_copy=int8_blob is not None,
+            version=job.version,
+            int8_weights=int8_blob,
+        )
+        log.info("round %d: published %s v%d", job.round, self.name, job.version)
+
+    def _info(self) -> DatasetInfo:
+        if self.info is None:
+            raise ConfigError("publishing a classifier needs its dataset's shape and classes")
+        return self.info
+
     def _module(self, arrays: dict[str, np.ndarray]) -> torch.nn.Module:
         module = build_module(
-            self.cfg.model.model_dump(mode="json"), self.info.input_shape, self.info.num_classes
+            self.cfg.model.model_dump(mode="json"),
+            self._info().input_shape,
+            self._info().num_classes,
         )
         module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
         return module.eval()

@@ -1,15 +1,16 @@
-"""Central evaluation: the global model on the held-out test set, after every round."""
+"""Central evaluation: the global model on the task's held-out data, after every round."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedsys.training import EvalResult, evaluate
+from fedsys.tasks import Metrics, Task
 
 
 def state_dict(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -19,15 +20,14 @@ def state_dict(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 @dataclass(frozen=True)
 class Evaluator:
-    """The model (reused as a container for each round's weights) and the test set."""
+    """The task's model (reused as a container for each round's state) and held-out data."""
 
+    task: Task
     model: nn.Module
-    x: torch.Tensor
-    y: torch.Tensor
-    batch_size: int
+    data: Any  # what the task evaluates on (classification: the test set's (x, y))
     device: torch.device
 
-    def __call__(self, arrays: Mapping[str, np.ndarray]) -> EvalResult:
-        """Loss and accuracy of the weights ``arrays`` on the test set."""
-        self.model.load_state_dict(state_dict(arrays))
-        return evaluate(self.model, self.x, self.y, batch_size=self.batch_size, device=self.device)
+    def __call__(self, arrays: Mapping[str, np.ndarray]) -> Metrics:
+        """Loss, accuracy (and the task's other scores) of the state ``arrays``."""
+        self.task.load_state(self.model, state_dict(arrays))
+        return self.task.evaluate(self.model, self.data, device=self.device)

@@ -8,18 +8,16 @@ plain data, so building one does no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flwr.serverapp import Grid
 
 from fedsys.codec import UpdatePolicy
 from fedsys.config import ExperimentConfig
 from fedsys.crypto import AggregatorKeys, generate_exchange_key
-from fedsys.data import load_test
-from fedsys.models import build_model, count_parameters
 from fedsys.registry.publisher import Publisher
 from fedsys.server.checkpointer import Checkpointer
 from fedsys.server.durable import RoundGate
@@ -30,6 +28,7 @@ from fedsys.server.progress import Reporter
 from fedsys.server.run_state import RunState
 from fedsys.server.strategies import build_strategy
 from fedsys.strategy_traits import StrategyTraits, traits_of
+from fedsys.tasks import Task, task_for
 from fedsys.training import select_device
 
 
@@ -53,6 +52,7 @@ class Federation:
     publisher: Publisher | None  # publishing to the model registry, on a background thread
     fp32_bytes: int  # the model in fp32: the base of each round's compression ratio
     model_parameters: int
+    task: Task  # what is learned: data, model, evaluation, what travels
 
     @property
     def run_id(self) -> str:
@@ -66,20 +66,17 @@ def prepare_federation(
     reporter: Reporter,
     deployed_keys: AggregatorKeys | None = None,
 ) -> Federation:
-    """Load the test set, build the initial model and the strategy, and set up the outputs.
+    """Build the task (its held-out data, its initial state), the strategy and the outputs.
 
     ``deployed_keys``: the aggregator's key and allow-list loaded from files (deployment).
     """
     paths = RunPaths(out_dir)
     seed = cfg.runtime.seed
-    test, info = load_test(cfg.data, seed)  # a generated population's clients make the rest
-    test_x, test_y = torch.from_numpy(test.x), torch.from_numpy(test.y)
-    torch.manual_seed(seed)
-    model = build_model(cfg.model, info)
-    evaluator = Evaluator(
-        model, test_x, test_y, cfg.train.eval_batch_size, select_device(cfg.train.device)
-    )
-    initial = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    # The task (classification, language model) owns the data, the model and evaluation.
+    task = task_for(cfg)
+    initial = task.initial_state()
+    evaluator = Evaluator(task, task.model(), task.central_data(), select_device(cfg.train.device))
+    cfg = task.stamp(cfg)  # what every node must verify it holds (a language model's base)
     state = RunState(
         strategy=build_strategy(cfg.strategy, cfg.train, cfg.data.num_partitions),
         model=initial,
@@ -92,7 +89,13 @@ def prepare_federation(
     durable = RoundGate()  # rounds whose checkpoint is on disk: publishes wait for it
     publisher = None
     if cfg.publish.mode != "never":
-        publisher = Publisher(cfg, out_dir, info, eval_data=(test_x, test_y))
+        publisher = Publisher(
+            cfg,
+            out_dir,
+            task.dataset_info(),
+            eval_data=task.int8_eval_data(),
+            publication=partial(task.publication, merge=cfg.publish.merge),
+        )
         publisher.gate = durable
     return Federation(
         cfg=cfg,
@@ -112,5 +115,6 @@ def prepare_federation(
         checkpointer=Checkpointer(paths.checkpoints, durable),
         publisher=publisher,
         fp32_bytes=fp32_bytes(initial),
-        model_parameters=count_parameters(model),
+        model_parameters=task.model_parameters(),
+        task=task,
     )

@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 from fedsys.config import ExperimentConfig
 from fedsys.crypto import AggregatorKeys
 from fedsys.server.aggregate import Aggregated
+from fedsys.server.client_eval import evaluate_clients
 from fedsys.server.fedbuff_loop import train_fedbuff
 from fedsys.server.federation import Federation, prepare_federation
 from fedsys.server.outputs import begin_outputs, write_final_outputs
@@ -48,6 +49,17 @@ def run_federation(
     if resume:
         resume_federation(fed)
     return train(fed, simulation=simulation)
+
+
+def task_summary(fed: Federation) -> dict[str, object]:
+    """The task's own summary keys and, where it asks for them, every client's held-out
+    scores under the final model (``client_eval``: per client, the mean and the worst)."""
+    extra = fed.task.summary()
+    if fed.task.evaluates_clients:
+        fed.reporter.stage("scoring the final model on every client's held-out data")
+        scores = evaluate_clients(fed.grid, fed.cfg, fed.state.model, fed.cfg.train.timeout)
+        extra["client_eval"] = scores.model_dump(mode="json")
+    return extra
 
 
 def train(fed: Federation, *, simulation: bool = False) -> RunSummary:
@@ -82,6 +94,8 @@ def train(fed: Federation, *, simulation: bool = False) -> RunSummary:
         fed.paths,
         cfg,
         state.model,
+        fed.task,
+        task_summary(fed),
         last_round=state.round,
         wall_seconds=state.wall_seconds(),
         model_parameters=fed.model_parameters,

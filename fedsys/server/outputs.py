@@ -22,7 +22,7 @@ from fedsys.server.records import (
     read_rounds,
     write_json,
 )
-from fedsys.training import EvalResult
+from fedsys.tasks import Metrics, Task
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,13 @@ def begin_outputs(paths: RunPaths, cfg: ExperimentConfig, *, fresh: bool) -> Non
 
 
 def round_record(
-    agg: Aggregated, evaluation: EvalResult, seconds: float, fp32_bytes: int
+    agg: Aggregated, evaluation: Metrics, seconds: float, fp32_bytes: int
 ) -> RoundRecord:
-    """The metrics line of round ``agg`` (``published_version`` is filled in by the caller)."""
+    """The metrics line of round ``agg`` (``published_version`` is filled in by the caller);
+    the task's other scores follow as ``central_<name>`` (e.g. ``central_perplexity``)."""
     result, secagg = agg.result, agg.secagg
     sizes = [r.nbytes for r in result.received]
-    return RoundRecord(
+    record = RoundRecord(
         round=agg.round,
         central_accuracy=evaluation.accuracy,
         central_loss=evaluation.loss,
@@ -93,6 +94,9 @@ def round_record(
         clipped=result.clipped,
         aggregation_refused=agg.refused,
     )
+    for key, value in evaluation.extra.items():
+        setattr(record, f"central_{key}", value)
+    return record
 
 
 def fp32_bytes(model: dict[str, np.ndarray]) -> int:
@@ -104,6 +108,8 @@ def write_final_outputs(
     paths: RunPaths,
     cfg: ExperimentConfig,
     model: dict[str, np.ndarray],
+    task: Task,
+    task_summary: dict[str, object],
     *,
     last_round: int,
     wall_seconds: float,
@@ -115,26 +121,29 @@ def write_final_outputs(
     records = read_rounds(paths.metrics)
     blob = save(
         {k: v.contiguous() for k, v in state_dict(model).items()},
-        metadata={"model": cfg.model.model_dump_json(), "round": str(last_round)},
+        metadata={**task.weights_metadata(), "round": str(last_round)},
     )
     atomic_write_bytes(paths.model, canonical(blob))
     plot_curves(records, paths.curves, f"{cfg.name} ({cfg.strategy.name})")
     last = records[-1]
-    summary = RunSummary(
-        name=cfg.name,
-        strategy=cfg.strategy.name,
-        final_accuracy=last.central_accuracy,
-        final_loss=last.central_loss,
-        best_accuracy=max(r.central_accuracy for r in records),
-        rounds=len(records),
-        updates_total=sum(r.clients for r in records),
-        bytes_up_total=sum(r.bytes_up for r in records),
-        bytes_down_total=sum(r.bytes_down for r in records),
-        wall_seconds=wall_seconds,
-        seconds_per_round=sum(r.seconds for r in records) / len(records),
-        model_parameters=model_parameters,
-        resumed_from_round=resumed_from,
-        published_version=published_version,
+    summary = RunSummary.model_validate(
+        {
+            "name": cfg.name,
+            "strategy": cfg.strategy.name,
+            "final_accuracy": last.central_accuracy,
+            "final_loss": last.central_loss,
+            "best_accuracy": max(r.central_accuracy for r in records),
+            "rounds": len(records),
+            "updates_total": sum(r.clients for r in records),
+            "bytes_up_total": sum(r.bytes_up for r in records),
+            "bytes_down_total": sum(r.bytes_down for r in records),
+            "wall_seconds": wall_seconds,
+            "seconds_per_round": sum(r.seconds for r in records) / len(records),
+            "model_parameters": model_parameters,
+            "resumed_from_round": resumed_from,
+            "published_version": published_version,
+            **task_summary,  # the task's identity (a language model: corpus and base hashes)
+        }
     )
     write_json(paths.summary, summary)
     return summary

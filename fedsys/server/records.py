@@ -60,10 +60,36 @@ class RoundRecord(BaseModel):
     staleness_max: int | None = None
 
 
-class RunSummary(BaseModel):
-    """summary.json."""
+class ClientScore(BaseModel):
+    """One client's held-out data under the final model."""
 
-    model_config = ConfigDict(ser_json_inf_nan="strings")
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="strings")
+
+    node: int
+    partition: int | None
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+class ClientEvaluation(BaseModel):
+    """The final model on every client's own held-out data: the mean and the worst client."""
+
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="strings")
+
+    clients: list[ClientScore]
+    mean_loss: float
+    mean_accuracy: float
+    worst_accuracy: float
+    mean_perplexity: float | None = None
+    worst_perplexity: float | None = None
+    failed: list[RejectedUpdate] = []
+
+
+class RunSummary(BaseModel):
+    """summary.json; a task adds its own keys (a language model: corpus and base hashes)."""
+
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="strings")
 
     name: str
     strategy: str

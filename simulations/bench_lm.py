@@ -1,0 +1,312 @@
+"""Federated LoRA on the standard library's packages: does federating pay, and what it costs.
+
+On ``configs/lm_quickstart.yaml`` (lm_tiny, 10 clients by package, LoRA r=8), every client's
+*own held-out text* is scored under five models, each trained for the same number of local
+steps per client (``rounds x train.max_steps``):
+
+- ``base``: the pre-trained base (``fedsys pretrain`` on the public split), no adapter;
+- ``local``: each client fine-tunes its own adapter alone;
+- ``fedit`` and ``ffa``: federated LoRA through fedsys's round loop and ClientApp (in one
+  process, ``fedsys.inprocess``), int8 adapter updates as in the quickstart;
+- ``central``: one adapter trained on the pooled client data (the upper bound), with as many
+  steps as all clients together.
+
+Also: bytes of one int8 LoRA update against the full model in fp32 (lm_tiny and lm_base, FedIT
+and FFA), and the gap between the aggregated adapter's B·A and the mean of the clients' B·A
+(FFA exact, FedIT not). Writes ``simulations/results/bench_lm.json``.
+
+Usage::
+
+    python simulations/bench_lm.py                  # everything (~15-30 min on two cores)
+    python simulations/bench_lm.py --rounds 2 --steps 3 --skip-base-bytes --out /tmp/lm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "lm_quickstart.yaml"
+OUT = Path(__file__).parent / "results" / "bench_lm.json"
+CPU = torch.device("cpu")
+
+
+# Less text per client than the quickstart (32 chunks of 128 bytes, a quarter held out): the
+# regime federated learning is for, where a client alone has too little to fine-tune on.
+TEXT = ["lm.text.max_client_chunks=32", "lm.text.test_fraction=0.25"]
+
+
+def _config(base: Path | None, rounds: int, steps: int, extra: list[str] | None = None) -> Any:
+    from fedsys.config import load_config
+
+    overrides = [
+        *TEXT,
+        f"train.rounds={rounds}",
+        f"train.max_steps={steps}",
+        "train.local_epochs=1000",  # max_steps decides every client's steps
+        "runtime.progress=false",
+        "runtime.torch_threads=1",
+        "publish.mode=never",
+        "serve.enabled=false",
+        *(extra or []),
+    ]
+    overrides.append(f"lm.base={base}" if base is not None else "lm.base=null")
+    return load_config(CONFIG, overrides)
+
+
+def _quiet() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)
+    logging.getLogger("fedsys").setLevel(logging.ERROR)
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+
+
+def _client_scores(
+    task: Any, model: Any, states: list[dict[str, np.ndarray]]
+) -> list[dict[str, float]]:
+    """Each client's held-out loss, perplexity and accuracy under its own state."""
+    rows = []
+    for pid, state in enumerate(states):
+        task.load_state(model, {k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+        m = task.evaluate(model, task.client_data(pid).held_out, device=CPU)
+        rows.append(
+            {
+                "client": task.text.clients[pid].name,
+                "loss": m.loss,
+                "perplexity": m.extra["perplexity"],
+                "accuracy": m.accuracy,
+            }
+        )
+    return rows
+
+
+def _summary(rows: list[dict[str, float]]) -> dict[str, Any]:
+    return {
+        "mean_perplexity": statistics.fmean(r["perplexity"] for r in rows),
+        "worst_perplexity": max(r["perplexity"] for r in rows),
+        "mean_loss": statistics.fmean(r["loss"] for r in rows),
+        "mean_accuracy": statistics.fmean(r["accuracy"] for r in rows),
+        "worst_accuracy": min(r["accuracy"] for r in rows),
+        "clients": rows,
+    }
+
+
+def _train_alone(task: Any, cfg: Any, data: Any, steps: int, seed: int) -> dict[str, np.ndarray]:
+    model = task.model()
+    task.load_state(model, {k: torch.from_numpy(v) for k, v in task.initial_state().items()})
+    train = cfg.train.model_copy(update={"max_steps": steps, "local_epochs": 10_000})
+    task.train(
+        model,
+        data,
+        train,
+        seed=seed,
+        device=CPU,
+        proximal_mu=0.0,
+        work_fraction=1.0,
+        partition_id=0,
+    )
+    return {k: v.detach().numpy().copy() for k, v in task.state_of(model).items()}
+
+
+def variant(name: str, base: str | None, rounds: int, steps: int) -> dict[str, Any]:
+    """One of base / local / central / fedit / ffa, scored on every client's held-out text."""
+    _quiet()
+    from fedsys.tasks.base import ClientData
+    from fedsys.tasks.lm.task import LanguageModelTask
+
+    aggregation = "ffa" if name == "ffa" else "fedit"
+    cfg = _config(
+        Path(base) if base else None, rounds, steps, [f"lm.lora.aggregation={aggregation}"]
+    )
+    task = LanguageModelTask(cfg)
+    model = task.model()
+    n = cfg.data.num_partitions
+    start = time.perf_counter()
+    if name == "base":
+        states = [task.initial_state()] * n
+    elif name == "local":
+        states = [_train_alone(task, cfg, task.client_data(p), rounds * steps, p) for p in range(n)]
+    elif name == "central":
+        pooled = np.concatenate([c.train for c in task.text.clients])
+        data = ClientData(train=pooled, held_out=None, num_examples=len(pooled))
+        states = [_train_alone(task, cfg, data, n * rounds * steps, 0)] * n
+    else:
+        states = [_federated(cfg)] * n
+    seconds = time.perf_counter() - start
+    return {"variant": name, "seconds": seconds, **_summary(_client_scores(task, model, states))}
+
+
+def _federated(cfg: Any) -> dict[str, np.ndarray]:
+    """fedsys's round loop and ClientApp over an in-process grid; the final global adapter."""
+    from safetensors.numpy import load_file
+
+    from fedsys.app import client_app
+    from fedsys.inprocess import InProcessGrid
+    from fedsys.server.loop import run_federation
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        # error-feedback residuals of this run only (in-process runs all have run id 1)
+        runtime = cfg.runtime.model_copy(update={"node_state_dir": Path(tmp) / "node-state"})
+        cfg = cfg.model_copy(update={"runtime": runtime})
+        grid = InProcessGrid(client_app, cfg.data.num_partitions)
+        with contextlib.redirect_stderr(io.StringIO()):
+            run_federation(grid, cfg, out, _Quiet(), resume=False)
+        return dict(load_file(out / "model.safetensors"))
+
+
+class _Quiet:
+    def start(self, total_rounds: int, done_rounds: int) -> None:
+        pass
+
+    def update(self, record: Any) -> None:
+        pass
+
+    def stage(self, text: str) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def update_bytes(size: str) -> dict[str, Any]:
+    """One client's int8 update (a realistic delta's scale) against the full fp32 model."""
+    _quiet()
+    from fedsys.codec import encode_update, pipeline_from_config
+    from fedsys.config import CodecConfig
+    from fedsys.tasks.lm.task import LanguageModelTask
+
+    row: dict[str, Any] = {"size": size}
+    for aggregation in ("fedit", "ffa"):
+        cfg = _config(None, 1, 1, [f"lm.size={size}", f"lm.lora.aggregation={aggregation}"])
+        task = LanguageModelTask(cfg)
+        state = task.initial_state()
+        generator = torch.Generator().manual_seed(0)
+        delta = {k: torch.randn(v.shape, generator=generator) * 1e-3 for k, v in state.items()}
+        pipeline = pipeline_from_config(CodecConfig(quantize="int8"))
+        payload = encode_update(delta, pipeline, num_examples=1).payload
+        full = task.model_parameters() * 4
+        row[aggregation] = {
+            "update_parameters": sum(int(v.size) for v in state.values()),
+            "int8_update_bytes": len(payload),
+            "fp32_adapter_bytes": sum(int(v.size) * 4 for v in state.values()),
+            "full_model_fp32_bytes": full,
+            "ratio_to_full_model": len(payload) / full,
+        }
+        row["model_parameters"] = task.model_parameters()
+    row["ffa_over_fedit"] = row["ffa"]["int8_update_bytes"] / row["fedit"]["int8_update_bytes"]
+    return row
+
+
+def exactness(base: str | None, steps: int) -> dict[str, Any]:
+    """One round from the same global adapter: the aggregate's B·A against mean(B_i·A_i)."""
+    _quiet()
+    from fedsys.tasks.lm.aggregation import product_gap, weighted_mean
+    from fedsys.tasks.lm.task import LanguageModelTask
+
+    out: dict[str, Any] = {}
+    for aggregation in ("fedit", "ffa"):
+        cfg = _config(
+            Path(base) if base else None, 1, steps, [f"lm.lora.aggregation={aggregation}"]
+        )
+        task = LanguageModelTask(cfg)
+        model = task.model()
+        start = {k: torch.from_numpy(v) for k, v in task.initial_state().items()}
+        states, weights = [], []
+        for pid in range(cfg.data.num_partitions):
+            task.load_state(model, start)
+            data = task.client_data(pid)
+            task.train(
+                model,
+                data,
+                cfg.train,
+                seed=pid,
+                device=CPU,
+                proximal_mu=0.0,
+                work_fraction=1.0,
+                partition_id=pid,
+            )
+            states.append({k: v.clone() for k, v in task.state_of(model).items()})
+            weights.append(float(data.num_examples))
+        frozen = {
+            n.replace(".default.", "."): p.detach().clone()
+            for n, p in model.named_parameters()
+            if ".lora_A." in n
+        }
+        gap = product_gap(states, weights, weighted_mean(states, weights), frozen)
+        out[aggregation] = {"max_abs": gap.max_abs, "relative": gap.relative}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=4, help="local steps per round")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--skip-base-bytes", action="store_true", help="no lm_base (~100M) sizes")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    _quiet()
+    from fedsys.tasks.lm.pretrain import pretrain
+
+    report: dict[str, Any] = {
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "rounds": args.rounds,
+        "local_steps": args.steps,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "base"
+        start = time.perf_counter()
+        pre = pretrain(_config(None, 1, 1), base)
+        report["pretrain"] = {
+            "seconds": time.perf_counter() - start,
+            "public_perplexity": pre.public_perplexity,
+            "steps": pre.steps,
+        }
+        names = ["base", "local", "central", "fedit", "ffa"]
+        with ProcessPoolExecutor(args.workers) as pool:
+            futures = {
+                n: pool.submit(variant, n, str(base), args.rounds, args.steps) for n in names
+            }
+            gaps = pool.submit(exactness, str(base), args.steps)
+            sizes = ["lm_tiny"] if args.skip_base_bytes else ["lm_tiny", "lm_base"]
+            bytes_rows = [pool.submit(update_bytes, s) for s in sizes]
+            report["claim"] = {n: f.result() for n, f in futures.items()}
+            report["exactness"] = gaps.result()
+            report["bytes"] = [f.result() for f in bytes_rows]
+    claim = report["claim"]
+    b, c = claim["base"]["mean_perplexity"], claim["central"]["mean_perplexity"]
+    for fed in ("fedit", "ffa"):
+        f = claim[fed]["mean_perplexity"]
+        claim[fed]["recovered_of_central_gain"] = (b - f) / (b - c) if b != c else math.nan
+        claim[fed]["beats_local"] = f < claim["local"]["mean_perplexity"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    for n in ("base", "local", "fedit", "ffa", "central"):
+        row = claim[n]
+        print(
+            f"{n:8s} mean ppl {row['mean_perplexity']:8.3f}  "
+            f"worst {row['worst_perplexity']:8.3f}  acc {row['mean_accuracy']:.4f}"
+        )
+    print(json.dumps({"exactness": report["exactness"], "bytes": report["bytes"]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
