@@ -1,7 +1,13 @@
 """Datasets as in-memory arrays, and their deterministic split across clients."""
 
 from fedsys.data.partition import dirichlet, iid, natural, shards
-from fedsys.data.registry import clear_memo, client_partition, load_dataset, partition_indices
+from fedsys.data.registry import (
+    clear_memo,
+    client_partition,
+    load_dataset,
+    load_public,
+    partition_indices,
+)
 from fedsys.data.types import ArrayDataset, DatasetInfo
 
 __all__ = [
@@ -12,6 +18,7 @@ __all__ = [
     "dirichlet",
     "iid",
     "load_dataset",
+    "load_public",
     "natural",
     "partition_indices",
     "shards",
