@@ -17,8 +17,6 @@ from torch.nn import functional as F
 from fedsys.compress.settings import StudentConfig
 from fedsys.config import ModelConfig
 
-TEACHER_BATCH = 1024
-
 
 def student_config(teacher: ModelConfig, student: StudentConfig) -> ModelConfig:
     """The student's architecture: the named fields, else the teacher's scaled down."""
@@ -33,18 +31,10 @@ def student_config(teacher: ModelConfig, student: StudentConfig) -> ModelConfig:
     )
 
 
-def soft_targets(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The teacher's logits on ``x``, computed once (the teacher does not change)."""
-    teacher.eval()
-    with torch.inference_mode():
-        parts = [teacher(x[i : i + TEACHER_BATCH]) for i in range(0, len(x), TEACHER_BATCH)]
-    return torch.cat(parts)
-
-
 def distillation_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     temperature: float,
     alpha: float,
 ) -> torch.Tensor:
@@ -56,8 +46,18 @@ def distillation_loss(
         reduction="batchmean",
         log_target=True,
     )
+    if labels is None or alpha == 1.0:
+        return t * t * soft
     hard = F.cross_entropy(student_logits, labels)
     return alpha * t * t * soft + (1.0 - alpha) * hard
+
+
+def _mixed(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Convex mixtures of random pairs of rows (mixup, Zhang et al. 2018) for the teacher to
+    label: a small public split yields many more distinct transfer inputs this way."""
+    weight = torch.rand(len(x), generator=generator).view(-1, *([1] * (x.dim() - 1)))
+    partner = x[torch.randperm(len(x), generator=generator)]
+    return weight * x + (1 - weight) * partner
 
 
 def fit(
@@ -65,27 +65,40 @@ def fit(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    teacher_logits: torch.Tensor | None,
+    teacher: nn.Module | None,
     epochs: int,
     lr: float,
     batch_size: int,
     temperature: float,
     alpha: float,
+    mixup: bool,
     seed: int,
 ) -> nn.Module:
-    """Train ``student`` in place on (x, y); with ``teacher_logits`` None, on hard labels only."""
+    """Train ``student`` in place on (x, y); with ``teacher`` None, on hard labels only.
+
+    With a teacher and ``mixup``, every batch also carries as many mixed rows, which only the
+    soft-label term sees (they have no label).
+    """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(student.parameters(), lr=lr)
+    if teacher is not None:
+        teacher.eval()
     student.train()
     for _ in range(epochs):
         order = torch.randperm(len(y), generator=generator)
         for begin in range(0, len(y), batch_size):
             idx = order[begin : begin + batch_size]
-            logits = student(x[idx])
-            if teacher_logits is None:
-                loss = F.cross_entropy(logits, y[idx])
+            xb, yb = x[idx], y[idx]
+            if teacher is None:
+                loss = F.cross_entropy(student(xb), yb)
             else:
-                loss = distillation_loss(logits, teacher_logits[idx], y[idx], temperature, alpha)
+                inputs = torch.cat([xb, _mixed(xb, generator)]) if mixup else xb
+                with torch.no_grad():
+                    targets = teacher(inputs)
+                logits = student(inputs)
+                soft = distillation_loss(logits, targets, None, temperature, 1.0)
+                hard = F.cross_entropy(logits[: len(yb)], yb)
+                loss = alpha * soft + (1.0 - alpha) * hard
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()

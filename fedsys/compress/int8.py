@@ -114,6 +114,9 @@ def int8_module(
             zero = tensors[f"{name}.weight_zero_point"]
             if q.dtype != torch.int8:
                 raise ValueError(f"{name}.weight_int8 must be int8, found {q.dtype}")
+            expected = layer.weight().shape  # type: ignore[operator]
+            if q.shape != expected:
+                raise ValueError(f"{name}: int8 weight {tuple(q.shape)}, model {tuple(expected)}")
             shape = [1] * q.dim()
             shape[axes[name]] = -1
             fp32 = ((q.double() - zero.double().view(shape)) * scale.view(shape)).float()

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fedsys.compress.artifact import file_bytes, load_variant, variant_bytes
-from fedsys.compress.distill import fit, soft_targets, student_config
+from fedsys.compress.distill import fit, student_config
 from fedsys.compress.int8 import quantize_static
 from fedsys.compress.lowrank import factorise
 from fedsys.compress.measure import VariantMetrics, measure, within_budget
@@ -84,7 +84,6 @@ class _Builder:
         if len(self.public_y) == 0:
             raise DataError("the public split is empty")
         self.test_x, self.test_y = _tensors(test, info)
-        self.teacher_logits = soft_targets(self.teacher, self.public_x)
         self.fp32 = self._measure(self.teacher, file_bytes(self.teacher))
         self._pruned: tuple[nn.Module, ModelConfig] | None = None
 
@@ -100,12 +99,13 @@ class _Builder:
             student,
             self.public_x,
             self.public_y,
-            teacher_logits=self.teacher_logits,
+            teacher=self.teacher,
             epochs=epochs,
             lr=c.lr,
             batch_size=c.batch_size,
             temperature=c.temperature,
             alpha=c.distill_alpha,
+            mixup=c.mixup,
             seed=self.seed,
         )
 
