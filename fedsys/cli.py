@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from fedsys.compress.command import COMPRESS_HELP, compress_cmd
 from fedsys.config import ExperimentConfig, load_config
 from fedsys.deploy.commands import client_cmd, partition_cmd, server_cmd
 from fedsys.deploy.keys_cli import certs_cmd, keys_app
@@ -244,6 +245,7 @@ app.command("certs")(certs_cmd)
 app.command("server")(server_cmd)
 app.command("client")(client_cmd)
 app.command("partition")(partition_cmd)
+app.command("compress", help=COMPRESS_HELP)(compress_cmd)
 
 
 def main() -> None:
