@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from fedsys.codec.params import QUANTIZE_BITS, DownlinkScheme, PipelineParams, QuantizeScheme
 from fedsys.compress.settings import CompressConfig
 from fedsys.config_section import Section
 from fedsys.defense_config import AttackConfig, DefenseConfig
@@ -177,7 +178,7 @@ class StrategyConfig(Section):
 class CodecConfig(Section):
     """How updates travel: clip -> top-k -> quantize -> wire format -> (encrypt)."""
 
-    quantize: Literal["none", "fp16", "int8", "int4"] = "none"
+    quantize: Literal["none", QuantizeScheme] = "none"  # the widths: fedsys.codec.params
     topk: float | None = Field(default=None, gt=0, le=1, description="Share of entries kept.")
     encrypt: bool = Field(default=False, description="Seal updates to the aggregator's key.")
     cipher: Literal["aes-256-gcm", "chacha20-poly1305"] = "aes-256-gcm"
@@ -193,11 +194,21 @@ class CodecConfig(Section):
     max_norm: float | None = Field(
         default=None, gt=0, description="Server: updates with a larger L2 norm are rejected."
     )
-    downlink: Literal["none", "fp16", "int8"] = Field(
+    downlink: DownlinkScheme = Field(
         default="none",
         description="How the global model travels to clients (int8: per-block scales, the "
         "server keeps the exact model).",
     )
+
+    def pipeline_params(self) -> PipelineParams:
+        """The codec's stage parameters: the one place the config maps onto the codec."""
+        return PipelineParams(
+            clip_norm=self.clip_norm,
+            topk=self.topk,
+            quantize=None if self.quantize == "none" else self.quantize,
+            block_size=self.block_size,
+            stochastic_rounding=self.stochastic_rounding,
+        )
 
 
 class SecAggConfig(Section):
@@ -253,7 +264,7 @@ class SecAggConfig(Section):
     def resolved_quant_bits(self, codec: CodecConfig) -> int:
         if self.quant_bits is not None:
             return self.quant_bits
-        return {"int8": 8, "int4": 4}.get(codec.quantize, 16)
+        return 16 if codec.quantize == "none" else QUANTIZE_BITS[codec.quantize]
 
     @model_validator(mode="after")
     def _check_widths(self) -> SecAggConfig:

@@ -56,6 +56,17 @@ class UpdateRejected(CodecError):
     """An authentic, well-formed update breaks the round's rules (round, shapes, norm, size)."""
 
 
+class CodecArgumentError(FedsysError, ValueError):
+    """The codec (or the envelope) was called with arguments it cannot work with: a pipeline
+    out of order, a sum with nothing added, sealing without a key. A caller's mistake, never a
+    client's, so a round does not count it as a rejection; ``reason`` says which. Also a
+    ValueError, as these errors were before they had a type."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class KeyFileError(FedsysError):
     """A key file or key encoding is missing, malformed, of the wrong kind or too permissive."""
 

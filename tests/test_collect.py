@@ -160,3 +160,55 @@ def test_streaming_mean_weights_match_the_strategy_record() -> None:
         assert bare.mean_weights[name].dtype == GLOBAL[name].dtype
     # the mean moved the float weights away from the global model
     assert not np.array_equal(bare.mean_weights["w"], GLOBAL["w"])
+
+
+def test_malformed_replies_are_typed_rejections_not_internal_errors() -> None:
+    collector = _collector(True)
+    collector.offer(_reply(1, {"payload": "text, not bytes"}))  # wrong type in the record
+    collector.offer(_reply(2, {"payload": b"\x00garbage"}))
+    collector.offer(_reply(3, {"payload": encode_update(_delta(3), []).payload[:40]}))
+    collector.offer(_reply(4, {"header": b"{}", "frames": [b"x"]}))  # envelope without keys
+    wrong_metric = _plain(5, 5)
+    wrong_metric.content.metric_records["metrics"]["straggler"] = [1.0, 2.0]
+    collector.offer(wrong_metric)
+    sealed_to_nobody = seal(
+        encode_update(_delta(6), [], num_examples=10).payload,
+        ClientKeys("alice", generate_signing_key(), generate_exchange_key().public_key()),
+        RoundBinding(RUN, ROUND, 6),
+    )
+    collector.offer(_reply(6, dict(sealed_to_nobody.to_record_values())))  # run not encrypted
+    collector.offer(_plain(7, 7))
+    result = collector.finish(lambda n: (0, n))
+    assert result.accepted == 1 and result.internal_errors == 0
+    reasons = {r.node_id: r.reason for r in result.rejected}
+    assert set(reasons) == {1, 2, 3, 4, 5, 6}
+    assert "must be bytes, got str" in reasons[1] and "'straggler'" in reasons[5]
+    assert "codec.encrypt is off" in reasons[6]
+    assert not any(r.internal or "internal" in r.reason for r in result.rejected)
+
+
+def test_an_unexpected_exception_is_reported_as_internal_not_as_a_bad_reply(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import fedsys.server.collect as collect
+
+    real = collect.open_update
+
+    def broken(received: object, *args: object, **kwargs: object) -> object:
+        if isinstance(received, bytes) and received == broken_payload:
+            raise KeyError("a bug in the server")
+        return real(received, *args, **kwargs)  # type: ignore[arg-type]
+
+    broken_payload = _plain(1, 1).content.config_records["update"]["payload"]
+    monkeypatch.setattr(collect, "open_update", broken)
+    collector = _collector(True)
+    with caplog.at_level("ERROR", logger="fedsys"):
+        collector.offer(_reply(1, {"payload": broken_payload}))
+        collector.offer(_plain(2, 2))
+    result = collector.finish(lambda n: (0, n))
+    assert result.accepted == 1 and result.internal_errors == 1
+    (rejection,) = result.rejected
+    assert rejection.node_id == 1 and rejection.internal
+    assert rejection.reason == "internal error: KeyError"
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "node 1" in record.getMessage() and record.exc_info is not None

@@ -122,6 +122,7 @@ def _assert_sound(result: RoundResult, offered: int) -> None:
     """Every reply accounted for; an aggregate, when there is one, is finite."""
     assert result.accepted + len(result.rejected) == offered
     assert all(r.reason for r in result.rejected)
+    assert result.internal_errors == 0, [r.reason for r in result.rejected]  # all typed
     if result.mean_weights is not None:
         for name, value in result.mean_weights.items():
             assert np.isfinite(value).all(), name

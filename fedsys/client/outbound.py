@@ -16,7 +16,7 @@ import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 
 from fedsys.client.node_state import load_residual, save_residual
-from fedsys.codec import encode_update, pipeline_from_config
+from fedsys.codec import build_pipeline, encode_update
 from fedsys.config import CodecConfig
 from fedsys.crypto import ClientKeys, RoundBinding, exchange_public_from_raw, seal
 from fedsys.crypto.keys import (
@@ -25,6 +25,7 @@ from fedsys.crypto.keys import (
     read_signing_key,
     signing_key_from_pem,
 )
+from fedsys.errors import CodecArgumentError
 from fedsys.protocol import PAYLOAD_KEY
 from fedsys.training import derive_seed
 
@@ -98,7 +99,7 @@ def encode_delta(
         )
     encoded = encode_update(
         delta,
-        pipeline_from_config(cfg),
+        build_pipeline(cfg.pipeline_params()),
         residual=residual,
         generator=generator,
         num_examples=num_examples,
@@ -110,7 +111,7 @@ def encode_delta(
         record = ConfigRecord({PAYLOAD_KEY: payload})
         return Outbound(record, len(payload), time.perf_counter() - start)
     if aggregator_key is None:
-        raise ValueError("codec.encrypt is on but the server sent no aggregator key")
+        raise CodecArgumentError("codec.encrypt is on but the server sent no aggregator key")
     keys = ClientKeys(
         client_id=client_id,
         signing_key=signing_key_from_pem(signing_key(context)),

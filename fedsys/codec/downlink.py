@@ -9,20 +9,17 @@ perturbs the clients' starting point by at most half a quantization step.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
 
 import numpy as np
 import torch
 
 from fedsys.codec.limits import value_bound
+from fedsys.codec.params import QUANTIZE_BITS, DownlinkScheme
 from fedsys.codec.pipeline import decode_update, encode_update
 from fedsys.codec.quantize import Quantize
 from fedsys.codec.template import check_layout, template_from
 from fedsys.codec.wire import parse_update
-from fedsys.errors import UpdateRejected, WireFormatError
-
-DownlinkScheme = Literal["none", "fp16", "int8"]
-_BITS: dict[str, Literal[8, 16]] = {"fp16": 16, "int8": 8}
+from fedsys.errors import CodecArgumentError, UpdateRejected, WireFormatError
 
 
 def encode_global(
@@ -30,10 +27,10 @@ def encode_global(
 ) -> bytes:
     """The global model as wire bytes (float tensors coded, the rest verbatim)."""
     if scheme == "none":
-        raise ValueError("encode_global needs a coding scheme (fp16 or int8)")
+        raise CodecArgumentError("encode_global needs a coding scheme (fp16 or int8)")
     # (np.ascontiguousarray would turn 0-d counters into 1-d arrays)
     tensors = {k: torch.from_numpy(np.asarray(v)).contiguous() for k, v in arrays.items()}
-    stage = Quantize(bits=_BITS[scheme], block_size=block_size)
+    stage = Quantize(bits=QUANTIZE_BITS[scheme], block_size=block_size)
     return encode_update(tensors, [stage]).payload
 
 

@@ -17,7 +17,7 @@ from fedsys.codec.dtypes import FLOAT_NAMES, DTypeName, itemsize
 from fedsys.codec.quantize import Quantize
 from fedsys.codec.stages import Stage, StageSpec, check_pipeline
 from fedsys.codec.topk import TopK
-from fedsys.errors import WireFormatError
+from fedsys.errors import CodecArgumentError, WireFormatError
 
 MAX_ELEMENTS = 1 << 31  # per tensor; bounds what a decoder may be asked to allocate
 U32 = Annotated[int, Field(ge=0, lt=1 << 32)]
@@ -123,7 +123,7 @@ def check_manifest(manifest: Manifest) -> tuple[Stage, ...]:
     """Cross-check a parsed manifest; returns the stage tuple."""
     try:
         stages = check_pipeline(manifest.stages)
-    except ValueError as exc:
+    except CodecArgumentError as exc:
         raise WireFormatError(f"stage list: {exc}") from None
     names = [entry.name for entry in manifest.tensors]
     if len(set(names)) != len(names):

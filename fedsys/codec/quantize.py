@@ -20,8 +20,10 @@ from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
 from fedsys.codec.coded import CodedTensor, Encoding
+from fedsys.codec.params import QUANTIZE_BITS, SCHEME_OF_BITS, QuantizeBits, QuantizeScheme
 
-QMAX = {"int8": 127, "int4": 7}
+# the largest code of each integer scheme: 127 for int8, 7 for int4
+QMAX = {s: (1 << (b - 1)) - 1 for s, b in QUANTIZE_BITS.items() if s != "fp16"}
 FP16_MAX = 65504.0
 
 
@@ -190,14 +192,14 @@ def unpack_int4(packed: torch.Tensor, count: int) -> torch.Tensor:
 class Quantize:
     """Stage: ``bits`` 16 → fp16, 8 → int8, 4 → int4 (block scales, optional stochastic)."""
 
-    bits: Literal[4, 8, 16] = 8
+    bits: QuantizeBits = 8
     block_size: Annotated[int, Field(ge=8, le=1 << 20, multiple_of=2)] = 256
     stochastic: bool = False
     kind: Literal["quantize"] = "quantize"
 
     @property
-    def scheme(self) -> Literal["fp16", "int8", "int4"]:
-        return {16: "fp16", 8: "int8", 4: "int4"}[self.bits]  # type: ignore[return-value]
+    def scheme(self) -> QuantizeScheme:
+        return SCHEME_OF_BITS[self.bits]
 
     def encode(
         self, tensors: dict[str, CodedTensor], generator: torch.Generator | None = None

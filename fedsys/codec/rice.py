@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsys.errors import WireFormatError
+from fedsys.errors import CodecArgumentError, WireFormatError
 
 MAX_K = 32
 
@@ -47,7 +47,7 @@ def encode_positions(positions: NDArray[np.int64]) -> RiceCode:
     """Strictly increasing non-negative indices → Rice code."""
     gaps = _gaps(positions.astype(np.int64, copy=False))
     if gaps.size and int(gaps.min()) < 0:
-        raise ValueError("positions must be strictly increasing and non-negative")
+        raise CodecArgumentError("positions must be strictly increasing and non-negative")
     k = best_k(gaps)
     quotients = gaps >> k
     ones = np.cumsum(quotients + 1) - 1

@@ -8,14 +8,15 @@ exactly the objects the sender ran.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from pydantic import Field
 
 from fedsys.codec.clip import Clip
+from fedsys.codec.params import QUANTIZE_BITS, PipelineParams
 from fedsys.codec.quantize import Quantize
 from fedsys.codec.topk import TopK
-from fedsys.config import CodecConfig
+from fedsys.errors import CodecArgumentError
 
 Stage = Clip | TopK | Quantize
 StageSpec = Annotated[Clip | TopK | Quantize, Field(discriminator="kind")]
@@ -28,7 +29,7 @@ def check_pipeline(stages: Sequence[Stage]) -> tuple[Stage, ...]:
     ranks = [ORDER[stage.kind] for stage in stages]
     if ranks != sorted(set(ranks)):
         kinds = [stage.kind for stage in stages]
-        raise ValueError(
+        raise CodecArgumentError(
             f"pipeline {kinds} must use each stage at most once, in the order clip, topk, quantize"
         )
     return tuple(stages)
@@ -42,16 +43,31 @@ def first_lossy(stages: Sequence[Stage]) -> int:
     return len(stages)
 
 
-def pipeline_from_config(cfg: CodecConfig) -> list[Stage]:
-    """The stage list a CodecConfig describes (encryption is not a stage: see fedsys.crypto)."""
+def build_pipeline(params: PipelineParams) -> list[Stage]:
+    """The stage list ``params`` describe (encryption is not a stage: see fedsys.crypto)."""
     stages: list[Stage] = []
-    if cfg.clip_norm is not None:
-        stages.append(Clip(cfg.clip_norm))
-    if cfg.topk is not None:
-        stages.append(TopK(cfg.topk))
-    if cfg.quantize != "none":
-        bits = {"fp16": 16, "int8": 8, "int4": 4}[cfg.quantize]
+    if params.clip_norm is not None:
+        stages.append(Clip(params.clip_norm))
+    if params.topk is not None:
+        stages.append(TopK(params.topk))
+    if params.quantize is not None:
         stages.append(
-            Quantize(bits=bits, block_size=cfg.block_size, stochastic=cfg.stochastic_rounding)  # type: ignore[arg-type]
+            Quantize(
+                bits=QUANTIZE_BITS[params.quantize],
+                block_size=params.block_size,
+                stochastic=params.stochastic_rounding,
+            )
         )
     return stages
+
+
+class HasPipelineParams(Protocol):
+    """Anything that maps itself onto pipeline parameters (``fedsys.config.CodecConfig``)."""
+
+    def pipeline_params(self) -> PipelineParams: ...
+
+
+def pipeline_from_config(cfg: HasPipelineParams) -> list[Stage]:
+    """The stage list a codec config describes; the config does the mapping, so the codec
+    never imports it (kept for callers of this name: new code calls :func:`build_pipeline`)."""
+    return build_pipeline(cfg.pipeline_params())

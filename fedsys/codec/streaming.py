@@ -16,6 +16,7 @@ from fedsys.codec.dtypes import TORCH_DTYPES
 from fedsys.codec.template import TensorSpec, check_layout, template_from
 from fedsys.codec.wire import WireUpdate
 from fedsys.codec.wiretensor import CHUNK_ELEMENTS, add_block_scaled
+from fedsys.errors import CodecArgumentError
 
 
 class StreamingSum:
@@ -118,7 +119,7 @@ class StreamingSum:
         (twice its own size) alive until it is dropped. Integer tensors get the rounded mean.
         """
         if self.total_weight == 0:
-            raise ValueError("no weight has been added")
+            raise CodecArgumentError("no weight has been added")
         self._flush()
         out: dict[str, np.ndarray] = {}
         for name, buf in self._buffers.items():
@@ -145,7 +146,7 @@ class StreamingSum:
     def mean(self) -> dict[str, torch.Tensor]:
         """Sum / total weight in the model's dtypes (integer tensors rounded)."""
         if self.total_weight == 0:
-            raise ValueError("no weight has been added")
+            raise CodecArgumentError("no weight has been added")
         out: dict[str, torch.Tensor] = {}
         for name, buf in self.sum().items():
             spec = self.template[name]
@@ -160,7 +161,7 @@ def _narrow_in_place(buf: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A ``dtype`` view of the first ``numel`` elements' worth of ``buf``'s bytes."""
     itemsize = torch.empty(0, dtype=dtype).element_size()
     if itemsize > buf.element_size():
-        raise ValueError(f"cannot narrow {buf.dtype} into the wider {dtype}")
+        raise CodecArgumentError(f"cannot narrow {buf.dtype} into the wider {dtype}")
     return buf.view(torch.uint8)[: buf.numel() * itemsize].view(dtype)
 
 

@@ -1,18 +1,19 @@
-"""What the server checks before an update counts; each failure is a typed error with a reason.
+"""What the server checks in a plaintext payload before it counts; each failure is a typed
+error with a reason.
 
-Order: (envelope) known sender, signature, run/round/node, size, every frame present and
-authentic; then the payload's format and checksums, names/shapes/dtypes equal to the global
-model's, every decoded value finite and representable in its tensor's dtype, and the L2 norm
-within ``max_norm``. Every size the payload claims is bounded by what the global model can
-need (:mod:`fedsys.codec.limits`) before memory is spent on it. Map failures to the round's
-rejections with ``except CodecError as exc: ... exc.reason``.
+Order: the payload's format and checksums, names/shapes/dtypes equal to the global model's,
+every decoded value finite and representable in its tensor's dtype, and the L2 norm within
+``max_norm``. Every size the payload claims is bounded by what the global model can need
+(:mod:`fedsys.codec.limits`) before memory is spent on it. The envelope around a payload
+(sender, signature, binding, frames) is opened before this, by the server
+(``fedsys.server.unseal``). Map failures to the round's rejections with
+``except CodecError as exc: ... exc.reason``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -22,8 +23,6 @@ from fedsys.codec.limits import PayloadLimits, value_bound
 from fedsys.codec.manifest import Manifest
 from fedsys.codec.template import Template, check_layout, check_manifest_layout
 from fedsys.codec.wire import WireUpdate, parse_update
-from fedsys.crypto.envelope import Envelope, RoundBinding, open_envelope
-from fedsys.crypto.keys import AggregatorKeys
 from fedsys.errors import UpdateRejected
 
 
@@ -96,39 +95,3 @@ def check_payload(
     if policy.max_norm is not None and norm is not None and norm > policy.max_norm:
         raise UpdateRejected(f"update L2 norm {norm:.6g} exceeds the bound {policy.max_norm:.6g}")
     return CheckedUpdate(wire, norm, size, None, hashlib.sha256(payload).digest())
-
-
-def validate_update(
-    received: Envelope | Mapping[str, object] | bytes | bytearray,
-    template: Template,
-    policy: UpdatePolicy,
-    *,
-    keys: AggregatorKeys | None = None,
-    expect: RoundBinding | None = None,
-    client_id: str | None = None,
-    limits: PayloadLimits | None = None,
-) -> CheckedUpdate:
-    """Everything an update must pass to count. ``received`` is an Envelope, its record
-    values (``Envelope.to_record_values()``), or, if the policy allows, a bare payload."""
-    limits = limits or PayloadLimits.for_model(template)
-    if isinstance(received, bytes | bytearray):
-        if policy.require_envelope:
-            raise UpdateRejected(
-                "update is not sealed, and the policy requires an envelope: this run requires "
-                "encrypted updates (codec.encrypt); seal the payload to the aggregator key "
-                "sent in the train config (fedsys's ClientApp does)"
-            )
-        return check_payload(received, template, policy, limits)
-    envelope = received if isinstance(received, Envelope) else Envelope.from_record_values(received)
-    if keys is None or expect is None:
-        raise ValueError("opening an envelope needs the aggregator keys and the expected binding")
-    cap = min(policy.max_payload_bytes, limits.payload_bytes)
-    payload = open_envelope(envelope, keys, expect, max_payload_bytes=cap, client_id=client_id)
-    checked = check_payload(payload, template, policy, limits)
-    return CheckedUpdate(
-        checked.wire,
-        checked.norm,
-        checked.payload_bytes,
-        envelope.header.client_id,
-        checked.digest,
-    )

@@ -21,6 +21,7 @@ from fedsys.codec.dtypes import FLOAT_NAMES, TORCH_DTYPES
 from fedsys.codec.manifest import TensorEntry
 from fedsys.codec.quantize import unpack_int4
 from fedsys.codec.rice import decode_positions
+from fedsys.errors import CodecArgumentError
 
 CHUNK_ELEMENTS = 1 << 19  # 4 MiB of float64 scratch: aggregation measured fastest here
 NUMPY_CODES = {"f32": "<f4", "fp16": "<f2", "int8": "i1", "int4": "u1"}
@@ -265,9 +266,9 @@ def add_block_scaled(
     first = group[0][0]
     bs = first.entry.block_size
     if any(t.entry.block_size != bs or t.entry.count != first.entry.count for t, _ in group):
-        raise ValueError("a group must share its block size and length")
+        raise CodecArgumentError("a group must share its block size and length")
     if len(group) > 1 and spare is None:
-        raise ValueError("a group of several tensors needs a spare scratch buffer")
+        raise CodecArgumentError("a group of several tensors needs a spare scratch buffer")
     chunk = max(min(CHUNK_ELEMENTS, scratch.numel()) // bs, 1) * bs
     scales = [t._weighted_scales(w, out) for t, w in group]
     for start in range(0, first.entry.count, chunk):

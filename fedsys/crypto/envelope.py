@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedsys.crypto.keys import AggregatorKeys, ClientKeys, public_to_raw
 from fedsys.errors import (
+    CodecArgumentError,
     DecryptionFailed,
     SignatureInvalid,
     UnknownSender,
@@ -193,7 +194,7 @@ def seal(
 ) -> Envelope:
     """Encrypt ``payload`` to the aggregator and sign it as ``keys.client_id``."""
     if not MIN_FRAME <= frame_size <= MAX_FRAME:
-        raise ValueError(f"frame_size must lie in [{MIN_FRAME}, {MAX_FRAME}]")
+        raise CodecArgumentError(f"frame_size must lie in [{MIN_FRAME}, {MAX_FRAME}]")
     view = memoryview(payload).cast("B")
     count = max(1, -(-view.nbytes // frame_size))
     ephemeral = X25519PrivateKey.generate()

@@ -13,6 +13,12 @@ wrappers need every update, so those are decoded to dense weights, one per clien
 Updates above the previous round's norm bound (all of them in a run's first round) wait, as
 their validated payloads, until the round's replies are all in and its own median norm is
 known (see ``fedsys.server.norm_bound``).
+
+Every expected way a reply can fail is a typed error (``InvalidUpdate`` or a ``CodecError``)
+and becomes a rejection with its reason. Any other exception is a bug in the server, not a
+bad reply: it still never ends the round, but it is logged with its traceback at ERROR and
+recorded as an ``internal error`` rejection (``Rejection.internal``), not passed off as a
+malformed reply.
 """
 
 from __future__ import annotations
@@ -27,14 +33,15 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from fedsys.codec import StreamingSum, UpdatePolicy, decode_update, template_from, validate_update
+from fedsys.codec import StreamingSum, UpdatePolicy, decode_update, template_from
 from fedsys.codec.limits import PayloadLimits
 from fedsys.codec.validate import CheckedUpdate
 from fedsys.crypto import AggregatorKeys, RoundBinding
 from fedsys.defense_config import DefenseConfig
-from fedsys.errors import CodecError, InvalidUpdate
+from fedsys.errors import CodecError, InvalidUpdate, WireFormatError
 from fedsys.protocol import PAYLOAD_KEY, record_nbytes, record_number
 from fedsys.server.norm_bound import NormBound
+from fedsys.server.unseal import open_update
 from fedsys.server.weights import (
     AVERAGED_METRICS,
     checked_metrics,
@@ -51,6 +58,7 @@ __all__ = ["AVERAGED_METRICS", "ReceivedUpdate", "Rejection", "RoundCollector", 
 class Rejection:
     node_id: int
     reason: str
+    internal: bool = False  # the server failed on this reply (a bug), not the reply's fault
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,11 @@ class RoundResult:
     # L2 norms of the accepted updates (when measured): the next round's norm reference.
     accepted_norms: list[float] = field(default_factory=list)
     clipped: int = 0  # updates scaled down to the norm bound (defense.norm_action=clip)
+
+    @property
+    def internal_errors(self) -> int:
+        """Replies the server failed on (logged with a traceback): each one is a bug."""
+        return sum(r.internal for r in self.rejected)
 
 
 @dataclass(frozen=True)
@@ -165,11 +178,11 @@ class RoundCollector:
             if node_id in self._seen:
                 raise InvalidUpdate(node_id, "second update from this node in the same round")
             self._seen.add(node_id)
-            if not self._keep_stragglers and record_number(metrics, "straggler", 0) > 0:
+            if not self._keep_stragglers and _straggler(node_id, metrics):
                 self.result.stragglers_dropped += 1
                 self.result.received.append(ReceivedUpdate(node_id, nbytes, accepted=False))
                 return
-            checked = validate_update(
+            checked = open_update(
                 _received_payload(record),
                 self._template,
                 self._policy,
@@ -203,11 +216,8 @@ class RoundCollector:
                 self._waiting.append(candidate)
         except (InvalidUpdate, CodecError) as exc:
             self._reject(node_id, exc.reason, nbytes)
-        except (ValueError, TypeError, KeyError) as exc:
-            self._reject(node_id, f"malformed reply: {exc}", nbytes)
-        except Exception as exc:  # a hostile reply must never take the server down
-            log.exception("unexpected error while checking the reply of node %d", node_id)
-            self._reject(node_id, f"reply could not be processed: {type(exc).__name__}", nbytes)
+        except Exception as exc:  # a bug; still, no reply may take the round down
+            self._internal_error(node_id, exc, nbytes)
         finally:
             self.result.decode_seconds += time.perf_counter() - start
 
@@ -250,6 +260,9 @@ class RoundCollector:
                 self._dense.append((c.node_id, self._as_weights(c, verdict.scale)))
         except CodecError as exc:
             self._reject(c.node_id, exc.reason, c.nbytes)
+            return
+        except Exception as exc:  # a bug; still, no reply may take the round down
+            self._internal_error(c.node_id, exc, c.nbytes)
             return
         if self._directions:
             self._accepted.append((c, verdict.scale))
@@ -363,10 +376,21 @@ class RoundCollector:
         )
         return c.msg
 
-    def _reject(self, node_id: int, reason: str, nbytes: int = 0) -> None:
-        self.result.rejected.append(Rejection(node_id, reason))
+    def _reject(
+        self, node_id: int, reason: str, nbytes: int = 0, *, internal: bool = False
+    ) -> None:
+        self.result.rejected.append(Rejection(node_id, reason, internal))
         if nbytes:
             self.result.received.append(ReceivedUpdate(node_id, nbytes, accepted=False))
+
+    def _internal_error(self, node_id: int, exc: Exception, nbytes: int) -> None:
+        """An exception no check raises on purpose: the server's fault, shown as such."""
+        log.error(
+            "internal error while checking the reply of node %d (a bug, not a bad reply)",
+            node_id,
+            exc_info=exc,
+        )
+        self._reject(node_id, f"internal error: {type(exc).__name__}", nbytes, internal=True)
 
 
 def _received_payload(record: Mapping[str, object]) -> bytes | dict[str, object]:
@@ -374,9 +398,19 @@ def _received_payload(record: Mapping[str, object]) -> bytes | dict[str, object]
     if PAYLOAD_KEY in record:
         payload = record[PAYLOAD_KEY]
         if not isinstance(payload, bytes):
-            raise TypeError(f"update entry {PAYLOAD_KEY!r} must be bytes")
+            raise WireFormatError(
+                f"update entry {PAYLOAD_KEY!r} must be bytes, got {type(payload).__name__}"
+            )
         return payload
     return dict(record)
+
+
+def _straggler(node_id: int, metrics: MetricRecord) -> bool:
+    """Whether the reply says it stopped early (``straggler`` > 0); a non-number is refused."""
+    try:
+        return record_number(metrics, "straggler", 0) > 0
+    except ValueError as exc:
+        raise InvalidUpdate(node_id, str(exc)) from None
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
