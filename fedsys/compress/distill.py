@@ -38,7 +38,8 @@ def distillation_loss(
     temperature: float,
     alpha: float,
 ) -> torch.Tensor:
-    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels)."""
+    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels), the
+    cross-entropy over rows whose label is not ``UNLABELLED``."""
     t = temperature
     soft = F.kl_div(
         F.log_softmax(student_logits / t, dim=1),
@@ -46,18 +47,40 @@ def distillation_loss(
         reduction="batchmean",
         log_target=True,
     )
-    if labels is None or alpha == 1.0:
+    labelled = labels is not None and bool((labels != UNLABELLED).any())
+    if labels is None or not labelled or alpha == 1.0:
         return t * t * soft
-    hard = F.cross_entropy(student_logits, labels)
+    hard = F.cross_entropy(student_logits, labels, ignore_index=UNLABELLED)
     return alpha * t * t * soft + (1.0 - alpha) * hard
 
 
-def _mixed(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Convex mixtures of random pairs of rows (mixup, Zhang et al. 2018) for the teacher to
-    label: a small public split yields many more distinct transfer inputs this way."""
-    weight = torch.rand(len(x), generator=generator).view(-1, *([1] * (x.dim() - 1)))
-    partner = x[torch.randperm(len(x), generator=generator)]
-    return weight * x + (1 - weight) * partner
+UNLABELLED = -1
+TEACHER_BATCH = 1024
+
+
+def transfer_set(
+    teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, copies: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(inputs, labels, teacher logits)``: the public rows, then ``copies`` rounds of convex
+    mixtures of random pairs of them (mixup, Zhang et al. 2018) labelled ``UNLABELLED``.
+
+    A small public split yields many more distinct inputs for the teacher to label this way;
+    the teacher labels them all once, so each student epoch costs the student alone.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    inputs, labels = [x], [y]
+    for _ in range(copies):
+        weight = torch.rand(len(x), generator=generator).view(-1, *([1] * (x.dim() - 1)))
+        partner = x[torch.randperm(len(x), generator=generator)]
+        inputs.append(weight * x + (1 - weight) * partner)
+        labels.append(torch.full_like(y, UNLABELLED))
+    rows = torch.cat(inputs)
+    teacher.eval()
+    with torch.inference_mode():
+        logits = torch.cat(
+            [teacher(rows[i : i + TEACHER_BATCH]) for i in range(0, len(rows), TEACHER_BATCH)]
+        )
+    return rows, torch.cat(labels), logits
 
 
 def fit(
@@ -71,34 +94,29 @@ def fit(
     batch_size: int,
     temperature: float,
     alpha: float,
-    mixup: bool,
+    mixup_copies: int,
     seed: int,
 ) -> nn.Module:
     """Train ``student`` in place on (x, y); with ``teacher`` None, on hard labels only.
 
-    With a teacher and ``mixup``, every batch also carries as many mixed rows, which only the
-    soft-label term sees (they have no label).
+    With a teacher, the student learns from its soft labels on the transfer set (the public
+    rows and ``mixup_copies`` rounds of mixtures); hard labels weigh in where rows have one.
     """
+    soft: torch.Tensor | None = None
+    if teacher is not None:
+        x, y, soft = transfer_set(teacher, x, y, mixup_copies, seed)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(student.parameters(), lr=lr)
-    if teacher is not None:
-        teacher.eval()
     student.train()
     for _ in range(epochs):
         order = torch.randperm(len(y), generator=generator)
         for begin in range(0, len(y), batch_size):
             idx = order[begin : begin + batch_size]
-            xb, yb = x[idx], y[idx]
-            if teacher is None:
-                loss = F.cross_entropy(student(xb), yb)
+            logits = student(x[idx])
+            if soft is None:
+                loss = F.cross_entropy(logits, y[idx])
             else:
-                inputs = torch.cat([xb, _mixed(xb, generator)]) if mixup else xb
-                with torch.no_grad():
-                    targets = teacher(inputs)
-                logits = student(inputs)
-                soft = distillation_loss(logits, targets, None, temperature, 1.0)
-                hard = F.cross_entropy(logits[: len(yb)], yb)
-                loss = alpha * soft + (1.0 - alpha) * hard
+                loss = distillation_loss(logits, soft[idx], y[idx], temperature, alpha)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()

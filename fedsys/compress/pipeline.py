@@ -105,7 +105,7 @@ class _Builder:
             batch_size=c.batch_size,
             temperature=c.temperature,
             alpha=c.distill_alpha,
-            mixup=c.mixup,
+            mixup_copies=c.mixup_copies,
             seed=self.seed,
         )
 

@@ -61,17 +61,19 @@ class CompressConfig(Section):
         default="l1", description="Norm of a channel's weights that ranks it for removal."
     )
     finetune_epochs: int = Field(
-        default=30, ge=0, description="Recovery epochs on the public split (pruned, lowrank)."
+        default=10, ge=0, description="Recovery epochs on the public split (pruned, lowrank)."
     )
     student: StudentConfig = Field(default_factory=StudentConfig)
-    distill_epochs: int = Field(default=100, ge=1, description="Student epochs (public split).")
+    distill_epochs: int = Field(default=40, ge=1, description="Student epochs (public split).")
     temperature: float = Field(default=4.0, gt=0, description="Softmax temperature (Hinton).")
     distill_alpha: float = Field(
         default=0.9, ge=0, le=1, description="Weight of the soft-label loss; the rest: hard labels."
     )
-    mixup: bool = Field(
-        default=True,
-        description="Also distil on mixtures of public rows (labelled by the teacher only).",
+    mixup_copies: int = Field(
+        default=4,
+        ge=0,
+        description="Rounds of mixtures of public rows added to the transfer set (labelled "
+        "by the teacher only); 0: the public rows alone.",
     )
     lr: float = Field(default=2e-3, gt=0, description="Adam step size for every tuning run.")
     batch_size: int = Field(default=64, ge=1)
