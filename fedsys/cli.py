@@ -206,8 +206,8 @@ def serve(
     """Serve a model registry over HTTP (publish token: env FEDSYS_PUBLISH_TOKEN)."""
     from pydantic import ValidationError
 
+    from fedsys.serving.endpoint_settings import ServeSettings
     from fedsys.serving.runner import free_port, serve_forever
-    from fedsys.serving.settings import ServeSettings
 
     _setup_logging("INFO")
     if port == 0:  # pick the port here, so the line below (and the user) can name it

@@ -117,3 +117,60 @@ class UnknownArtifact(ArtifactRejected):
 
 class VersionConflict(ArtifactRejected):
     """The version already exists or is not newer than the latest one (an endpoint's 409)."""
+
+
+# --- The inference endpoint: requests it refuses -----------------------------------------
+# One class per kind of refusal; fedsys/serving/error_handlers.py answers each with one HTTP
+# status and the body {"detail": reason}.
+
+
+class RequestRefused(FedsysError):
+    """The inference endpoint refused a request; ``reason`` is the answer's detail."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class MalformedRequest(RequestRefused):
+    """The body or a header cannot be read (JSON, .npy, multipart, Content-Length)."""
+
+
+class CredentialsMissing(RequestRefused):
+    """The request carries no API key or bearer token where one is needed."""
+
+
+class CredentialsRefused(RequestRefused):
+    """The API key or bearer token is wrong, or publishing over HTTP is disabled."""
+
+
+class UnknownModel(RequestRefused):
+    """No model of that name is served (or the name cannot be one)."""
+
+
+class MethodNotAllowed(RequestRefused):
+    """A POST-only action was asked with another method; ``allow`` names the one to use."""
+
+    def __init__(self, reason: str, *, allow: str) -> None:
+        super().__init__(reason)
+        self.allow = allow
+
+
+class RequestConflict(RequestRefused):
+    """The request clashes with the registry's state (version exists, nothing to roll back)."""
+
+
+class BodyTooLarge(RequestRefused):
+    """The body, or the number of instances in it, exceeds the endpoint's limit."""
+
+
+class UnsupportedMediaType(RequestRefused):
+    """The body's Content-Type is not one the route reads."""
+
+
+class InvalidRequest(RequestRefused):
+    """The body reads, but what it says is not acceptable (schema, shape, values, artifact)."""
+
+
+class BatcherStopped(RequestRefused):
+    """The inference thread stopped before the request ran (the endpoint is shutting down)."""

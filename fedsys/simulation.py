@@ -91,7 +91,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
     }
     endpoint: contextlib.AbstractContextManager[str | None] = contextlib.nullcontext()
     if cfg.serve.enabled:  # serve the run's registry while it trains (fedsys/serving)
-        from fedsys.serving.loop_close import endpoint_for
+        from fedsys.simulation_endpoint import endpoint_for
 
         endpoint = endpoint_for(cfg, out_dir)
     with endpoint as url:
@@ -109,7 +109,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
             backend_config=backend_config,  # type: ignore[arg-type]
         )
         if url is not None:
-            from fedsys.serving.loop_close import close_loop
+            from fedsys.simulation_endpoint import close_loop
 
             close_loop(cfg, out_dir, url)
     if (out_dir / "summary.json").exists():

@@ -44,8 +44,8 @@ from fedsys.crypto import public_to_raw
 from fedsys.data import load_dataset
 from fedsys.data.types import DatasetInfo
 from fedsys.models import build_model, count_parameters
-from fedsys.serving.manifest import Lineage
-from fedsys.serving.registry import Registry
+from fedsys.registry.store import Registry
+from fedsys.registry.version_manifest import Lineage
 from fedsys.serving.runner import free_port, serve_process
 from fedsys.training import evaluate, train_local
 

@@ -14,9 +14,9 @@ from fedsys.config import ModelConfig
 from fedsys.crypto import public_to_raw
 from fedsys.data.types import DatasetInfo
 from fedsys.models import build_model
-from fedsys.serving.manifest import Lineage, ModelManifest
-from fedsys.serving.registry import Registry
-from fedsys.serving.settings import ServeSettings
+from fedsys.registry.store import Registry
+from fedsys.registry.version_manifest import Lineage, ModelManifest
+from fedsys.serving.endpoint_settings import ServeSettings
 
 NAME = "tiny"
 INPUT_SHAPE = (40,)

@@ -166,9 +166,9 @@ def test_resume_fills_a_lost_publish_and_records_an_unrecoverable_one(tmp_path: 
     from fedsys.config import ExperimentConfig
     from fedsys.data import load_dataset
     from fedsys.models import build_model
+    from fedsys.registry.publisher import Publisher
     from fedsys.server.publish_resume import reconcile_publishes
     from fedsys.server.records import RoundRecord, read_rounds
-    from fedsys.serving.publisher import Publisher
 
     cfg = ExperimentConfig.model_validate(
         {"name": "rp", "model": {"channels": 4}, "publish": {"mode": "every_round"}}

@@ -16,8 +16,8 @@ from simulate_support import Run
 
 from fedsys.data.types import DatasetInfo
 from fedsys.models import build_model
+from fedsys.registry.int8_copy import int8_from_bytes, int8_to_bytes, quantize_int8
 from fedsys.serving.inputs import PredictRequest
-from fedsys.serving.quantized import int8_from_bytes, int8_to_bytes, quantize_int8
 
 # In the order a run goes through them (serve.enabled: the endpoint is up before training).
 STAGES = [

@@ -27,9 +27,9 @@ from fedsys.crypto.keys import (
 from fedsys.data.types import DatasetInfo
 from fedsys.errors import ArtifactRejected, ConfigError, VersionConflict
 from fedsys.models import build_model
+from fedsys.registry import ModelManifest, Registry
+from fedsys.registry.publisher import Publisher
 from fedsys.server.records import read_rounds
-from fedsys.serving import ModelManifest, Registry
-from fedsys.serving.publisher import Publisher
 
 INFO = DatasetInfo((12,), 3)
 TOKEN = "s3cret-token"

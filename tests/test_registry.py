@@ -26,9 +26,9 @@ from fedsys.crypto.keys import (
 from fedsys.data.types import DatasetInfo
 from fedsys.errors import ArtifactRejected, UnknownArtifact, VersionConflict
 from fedsys.models import build_model
-from fedsys.serving import AuditLog, Lineage, ModelManifest, Registry, canonical_bytes
-from fedsys.serving import registry as registry_module
-from fedsys.serving.quantized import compare_int8, int8_from_bytes, int8_to_bytes, quantize_int8
+from fedsys.registry import AuditLog, Lineage, ModelManifest, Registry, canonical_bytes
+from fedsys.registry import store as registry_module
+from fedsys.registry.int8_copy import compare_int8, int8_from_bytes, int8_to_bytes, quantize_int8
 
 INFO = DatasetInfo((12,), 3)
 MODEL = ModelConfig(name="mlp", hidden=[16])

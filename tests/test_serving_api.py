@@ -28,9 +28,9 @@ from serving_support import (
     settings,
 )
 
-from fedsys.serving.app import create_app
-from fedsys.serving.audit import AuditLog
-from fedsys.serving.registry import Registry
+from fedsys.registry.audit import AuditLog
+from fedsys.registry.store import Registry
+from fedsys.serving.endpoint import create_app
 
 PREDICT = f"/v1/models/{NAME}:predict"
 NPY = {"Content-Type": "application/x-npy"}
@@ -231,6 +231,13 @@ def test_get_on_a_post_route_is_405_naming_the_method(client: TestClient, action
     resp = client.get(f"/v1/models/{NAME}:{action}")
     assert resp.status_code == 405 and resp.headers["allow"] == "POST"
     assert f"POST /v1/models/{NAME}:{action}" in resp.json()["detail"]
+
+
+def test_predict_while_shutting_down_is_503(client: TestClient) -> None:
+    client.app.state.serving.batcher.stop()  # type: ignore[attr-defined]
+    resp = client.post(PREDICT, json={"instances": samples(1).tolist()})
+    assert resp.status_code == 503
+    assert resp.json() == {"detail": "the endpoint is shutting down; retry"}
 
 
 # --- listing -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from schemathesis.generation import GenerationMode
 from schemathesis.python.asgi import shutdown_lifespans
 from serving_support import NAME, TOKEN, make_registry, settings
 
-from fedsys.serving.app import create_app
+from fedsys.serving.endpoint import create_app
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from serving_support import (
     settings,
 )
 
-from fedsys.serving.app import create_app
+from fedsys.serving.endpoint import create_app
 
 VERSIONS = (2, 3, 4)
 

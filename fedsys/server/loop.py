@@ -37,6 +37,7 @@ from fedsys.protocol import (
     GLOBAL_KEY,
     SEED_KEY,
 )
+from fedsys.registry.publisher import Publisher
 from fedsys.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedsys.server.collect import Rejection, RoundCollector, RoundResult
 from fedsys.server.durable import RoundGate
@@ -61,7 +62,6 @@ from fedsys.server.replay import digests_array, digests_set
 from fedsys.server.secagg_round import SecAggOutcome, SecAggRound
 from fedsys.server.strategies import build_strategy
 from fedsys.server.strategy_state import export_state, import_state
-from fedsys.serving.publisher import Publisher
 from fedsys.training import evaluate, select_device
 
 log = logging.getLogger("fedsys")

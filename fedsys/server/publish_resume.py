@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from fedsys.errors import UnknownArtifact
+from fedsys.registry.publisher import Publisher
 from fedsys.server.records import RoundRecord
-from fedsys.serving.publisher import Publisher
 
 log = logging.getLogger("fedsys")
 

@@ -1,14 +1,22 @@
-"""Serving the federation's model: a signed, versioned registry, its publisher, and the
-inference endpoint.
+"""The inference endpoint: FastAPI routers over the model registry, a dynamic batcher, hot
+swaps when the registry's active version moves, and Prometheus metrics.
 
-Kept light on purpose: the ServerApp imports the registry and publisher, and must not pull
-in the web stack; import the endpoint modules directly where they are needed.
+The registry itself lives in ``fedsys.registry`` (shared with training); its public names
+are re-exported here, where they used to live. Importing this package does not pull in the
+web stack: import ``fedsys.serving.endpoint`` or ``fedsys.serving.runner`` for that.
 """
 
-from fedsys.errors import ArtifactRejected, UnknownArtifact, VersionConflict
-from fedsys.serving.audit import AuditLog
-from fedsys.serving.manifest import Lineage, ModelManifest, canonical_bytes
-from fedsys.serving.registry import LoadedModel, Registry
+from fedsys.registry import (
+    ArtifactRejected,
+    AuditLog,
+    Lineage,
+    LoadedModel,
+    ModelManifest,
+    Registry,
+    UnknownArtifact,
+    VersionConflict,
+    canonical_bytes,
+)
 
 __all__ = [
     "ArtifactRejected",

@@ -26,6 +26,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from fedsys.errors import BatcherStopped
+
 FloatArray = npt.NDArray[np.float32]
 
 
@@ -36,10 +38,6 @@ class Runnable(Protocol):
     def name(self) -> str: ...
 
     def run(self, x: FloatArray) -> FloatArray: ...
-
-
-class BatcherStopped(RuntimeError):
-    """The batcher shut down before the request ran."""
 
 
 @dataclass(eq=False)

@@ -16,21 +16,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
+from fedsys.errors import BodyTooLarge, InvalidRequest, MalformedRequest
 from fedsys.serving.batcher import FloatArray
 
 JSON_TYPES = frozenset({"application/json"})
 NPY_TYPES = frozenset({"application/octet-stream", "application/x-npy"})
 NPY_MAGIC = b"\x93NUMPY"
-
-
-class BadRequest(Exception):
-    """A client error: answered with ``status`` and ``message`` as ``{"detail": message}``."""
-
-    def __init__(self, status: int, message: str, *, allow: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.allow = allow  # the Allow header of a 405
 
 
 class PredictRequest(BaseModel):
@@ -56,19 +47,19 @@ async def read_body(request: Request, limit: int) -> bytes:
         try:
             size = int(declared)
         except ValueError:
-            raise BadRequest(400, "Content-Length is not a number") from None
+            raise MalformedRequest("Content-Length is not a number") from None
         if size > limit:
-            raise BadRequest(413, f"body of {size} bytes exceeds the limit of {limit} bytes")
+            raise BodyTooLarge(f"body of {size} bytes exceeds the limit of {limit} bytes")
     chunks: list[bytes] = []
     total = 0
     try:
         async for chunk in request.stream():
             total += len(chunk)
             if total > limit:
-                raise BadRequest(413, f"body exceeds the limit of {limit} bytes")
+                raise BodyTooLarge(f"body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
     except ClientDisconnect:
-        raise BadRequest(400, "the client closed the connection mid-body") from None
+        raise MalformedRequest("the client closed the connection mid-body") from None
     return b"".join(chunks)
 
 
@@ -80,19 +71,19 @@ def parse_json(body: bytes) -> tuple[np.ndarray[Any, Any], bool]:
     try:
         raw = json.loads(body)
     except (ValueError, RecursionError) as exc:
-        raise BadRequest(400, f"body is not valid JSON: {exc}") from None
+        raise MalformedRequest(f"body is not valid JSON: {exc}") from None
     try:
         req = PredictRequest.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise BadRequest(422, f"invalid predict request at {where}: {first['msg']}") from None
+        raise InvalidRequest(f"invalid predict request at {where}: {first['msg']}") from None
     _check_numbers(req.instances)
     try:
         arr = np.asarray(req.instances, dtype=np.float32)
     except (ValueError, TypeError, OverflowError, RecursionError):
-        raise BadRequest(
-            422, "instances must be equally shaped nested lists of numbers (ragged or non-numeric)"
+        raise InvalidRequest(
+            "instances must be equally shaped nested lists of numbers (ragged or non-numeric)"
         ) from None
     return arr, req.probabilities
 
@@ -122,8 +113,7 @@ def _check_numbers(instances: list[Any]) -> None:
     path, value = found
     where = "instances" + "".join(f"[{i}]" for i in path)
     kind = {bool: "a boolean", str: "a string", type(None): "null"}.get(type(value), "not a number")
-    raise BadRequest(
-        422,
+    raise InvalidRequest(
         f"{where} is {kind} ({json.dumps(value)[:40]}): non-numeric values are not accepted, "
         "instances must hold numbers only",
     )
@@ -131,10 +121,9 @@ def _check_numbers(instances: list[Any]) -> None:
 
 def parse_npy(body: bytes) -> np.ndarray[Any, Any]:
     if not body:
-        raise BadRequest(400, "body is empty; send a .npy array")
+        raise MalformedRequest("body is empty; send a .npy array")
     if not body.startswith(NPY_MAGIC):
-        raise BadRequest(
-            400,
+        raise MalformedRequest(
             "body is not a .npy array (it does not start with the .npy magic \\x93NUMPY); "
             "send the bytes numpy.save writes, or JSON as application/json",
         )
@@ -142,15 +131,15 @@ def parse_npy(body: bytes) -> np.ndarray[Any, Any]:
         arr = np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
     except ValueError as exc:
         if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise BadRequest(
-                400, "object (pickled) .npy arrays are not accepted; send a numeric array"
+            raise MalformedRequest(
+                "object (pickled) .npy arrays are not accepted; send a numeric array"
             ) from None
-        raise BadRequest(400, f"body is not a valid .npy array: {exc}") from None
+        raise MalformedRequest(f"body is not a valid .npy array: {exc}") from None
     except Exception as exc:  # truncated data, bad header...: numpy raises several kinds
-        raise BadRequest(400, f"body is not a valid .npy array: {exc}") from None
+        raise MalformedRequest(f"body is not a valid .npy array: {exc}") from None
     if arr.dtype.kind not in "fiu" or arr.dtype.itemsize > 8:
-        raise BadRequest(
-            422, f"array dtype {arr.dtype} is not supported; send float32 (or another real dtype)"
+        raise InvalidRequest(
+            f"array dtype {arr.dtype} is not supported; send float32 (or another real dtype)"
         )
     return arr
 
@@ -160,19 +149,18 @@ def check_batch(
 ) -> FloatArray:
     """A contiguous float32 (n, *input_shape) batch with 1 <= n <= max_instances, all finite."""
     if arr.ndim == 0 or arr.shape[0] == 0:
-        raise BadRequest(422, "no instances: send at least one sample")
+        raise InvalidRequest("no instances: send at least one sample")
     if tuple(arr.shape[1:]) != input_shape:
-        raise BadRequest(
-            422,
+        raise InvalidRequest(
             f"instances have per-sample shape {list(arr.shape[1:])}, but model {model!r} "
             f"takes {list(input_shape)} (batch shape {[arr.shape[0], *input_shape]})",
         )
     if arr.shape[0] > max_instances:
-        raise BadRequest(
-            413, f"{arr.shape[0]} instances exceed the limit of {max_instances} per request"
+        raise BodyTooLarge(
+            f"{arr.shape[0]} instances exceed the limit of {max_instances} per request"
         )
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(out).all():
-        raise BadRequest(422, "instances contain NaN or infinite values (or overflow float32)")
+        raise InvalidRequest("instances contain NaN or infinite values (or overflow float32)")
     return out

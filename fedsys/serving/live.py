@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedsys.registry import ModelManifest
 from fedsys.serving.batcher import FloatArray
-from fedsys.serving.manifest import ModelManifest
 
 log = logging.getLogger("fedsys.serving")
 

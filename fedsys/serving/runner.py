@@ -15,21 +15,28 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 import httpx
 import uvicorn
 
 from fedsys.errors import FedsysError
-from fedsys.serving.app import create_app
+from fedsys.serving.endpoint import app_from_env, create_app
+from fedsys.serving.endpoint_settings import SETTINGS_ENV, ServeSettings
 from fedsys.serving.metrics import MULTIPROC_ENV
-from fedsys.serving.settings import SETTINGS_ENV, ServeSettings
 
-LOG_LEVEL = "warning"
-ACCESS_LOG = False  # a log line per request costs more than a small model's inference
-# No WebSocket routes: "none" also keeps uvicorn from importing websockets.legacy, which
-# prints a DeprecationWarning on every start.
-WS = "none"
 GRACEFUL_SHUTDOWN_S = 10
+# The uvicorn options of every way of running the endpoint.
+UVICORN_OPTIONS: dict[str, Any] = {
+    "log_level": "warning",
+    "access_log": False,  # a log line per request costs more than a small model's inference
+    # No WebSocket routes: "none" also keeps uvicorn from importing websockets.legacy, which
+    # prints a DeprecationWarning on every start.
+    "ws": "none",
+    "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+}
+# What uvicorn's worker processes import to build their app.
+APP_FACTORY = f"{app_from_env.__module__}:{app_from_env.__name__}"
 START_TIMEOUT_S = 180.0  # for worker processes to import torch and bind (busy machines)
 
 
@@ -91,15 +98,7 @@ def serve_process(
 def serve_forever(settings: ServeSettings) -> None:
     """Block serving ``settings`` until interrupted; several workers share the port."""
     if settings.workers == 1:
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_level=LOG_LEVEL,
-            access_log=ACCESS_LOG,
-            ws=WS,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        )
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **UVICORN_OPTIONS)
         return
     # Worker processes rebuild the app from the environment (uvicorn needs an import string)
     # and share their Prometheus values through files in a directory of their own.
@@ -108,15 +107,12 @@ def serve_forever(settings: ServeSettings) -> None:
     os.environ[MULTIPROC_ENV] = metrics_dir
     try:
         uvicorn.run(
-            "fedsys.serving.app:app_from_env",
+            APP_FACTORY,
             factory=True,
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
-            log_level=LOG_LEVEL,
-            access_log=ACCESS_LOG,
-            ws=WS,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            **UVICORN_OPTIONS,
         )
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -136,13 +132,7 @@ class BackgroundServer:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((settings.host, settings.port))
         self.port: int = self._sock.getsockname()[1]
-        config = uvicorn.Config(
-            create_app(settings),
-            log_level=LOG_LEVEL,
-            access_log=ACCESS_LOG,
-            ws=WS,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        )
+        config = uvicorn.Config(create_app(settings), **UVICORN_OPTIONS)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, name="fedsys-serve"

@@ -14,18 +14,19 @@ import gc
 import logging
 import os
 import sys
+from typing import Annotated
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fastapi import Depends, Request
 
 from fedsys.crypto.keys import load_signing_public_key
 from fedsys.errors import FedsysError
-from fedsys.serving.audit import AuditLog
+from fedsys.registry import AuditLog, Registry
 from fedsys.serving.batcher import Batcher
+from fedsys.serving.endpoint_settings import ServeSettings
 from fedsys.serving.live import LiveModels, ServedModel
 from fedsys.serving.metrics import ServeMetrics
-from fedsys.serving.registry import Registry
-from fedsys.serving.settings import ServeSettings
 
 log = logging.getLogger("fedsys.serving")
 
@@ -133,3 +134,12 @@ class ServingState:
                 await self.sync_all()
             except (OSError, FedsysError) as exc:  # a registry mid-write must not end the poll
                 log.warning("registry poll failed: %s", exc)
+
+
+def serving_state(request: Request) -> ServingState:
+    """The worker's state, set on the app by ``create_app``; routes take it as ``Serving``."""
+    state: ServingState = request.app.state.serving
+    return state
+
+
+Serving = Annotated[ServingState, Depends(serving_state)]

@@ -22,8 +22,8 @@ from simulate_support import Run
 
 from fedsys.config import build_config
 from fedsys.errors import ConfigError
-from fedsys.serving.loop_close import endpoint_for, registry_dir, served_accuracy
 from fedsys.serving.runner import BackgroundServer
+from fedsys.simulation_endpoint import endpoint_for, registry_dir, served_accuracy
 
 
 def test_serve_enabled_publishes_at_the_end_by_default() -> None:

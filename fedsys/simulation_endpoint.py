@@ -1,5 +1,5 @@
-"""Closing the loop in simulation: serve the run's registry while it trains, then answer the
-test set over HTTP and write ``served_accuracy`` next to ``final_accuracy``.
+"""The endpoint beside a simulation: serve the run's registry while it trains, then send the
+test set through it over HTTP and write ``served_accuracy`` next to ``final_accuracy``.
 
 The test set goes through the endpoint in the same chunks central evaluation uses
 (``train.eval_batch_size``), one request at a time, so the served model computes exactly
@@ -23,8 +23,8 @@ from fedsys.config import ExperimentConfig
 from fedsys.errors import FedsysError
 from fedsys.server.progress import stage
 from fedsys.server.records import RunSummary, write_json
+from fedsys.serving.endpoint_settings import ServeSettings
 from fedsys.serving.runner import BackgroundServer, free_port, serve_process
-from fedsys.serving.settings import ServeSettings
 
 log = logging.getLogger("fedsys")
 

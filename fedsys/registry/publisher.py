@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httpx
 import numpy as np
@@ -37,10 +37,9 @@ from fedsys.crypto.keys import (
 )
 from fedsys.data.types import DatasetInfo
 from fedsys.errors import ConfigError, VersionConflict
-from fedsys.serving.audit import AuditLog
-from fedsys.serving.manifest import Lineage, check_name
-from fedsys.serving.quantized import compare_int8, int8_to_bytes, quantize_int8
-from fedsys.serving.registry import (
+from fedsys.registry.audit import AuditLog
+from fedsys.registry.int8_copy import compare_int8, int8_to_bytes, quantize_int8
+from fedsys.registry.store import (
     INT8_FILE,
     MANIFEST_FILE,
     SIGNATURE_FILE,
@@ -49,9 +48,7 @@ from fedsys.serving.registry import (
     Registry,
     build_module,
 )
-
-if TYPE_CHECKING:
-    from fedsys.server.durable import RoundGate
+from fedsys.registry.version_manifest import Lineage, check_name
 
 log = logging.getLogger("fedsys")
 
@@ -59,6 +56,15 @@ PUBLISHER_PRIVATE_KEY = "publisher.key"  # in the run's output dir when publish.
 AUDIT_FILE = "audit.jsonl"
 RETRY_STATUS = frozenset({408, 425, 429})
 GATE_TIMEOUT = 3600.0  # seconds a publish waits for its round's checkpoint
+
+
+class CheckpointGate(Protocol):
+    """What a publish waits on: the round loop's record of durable checkpoints (the server's
+    ``RoundGate``; a protocol so the registry need not import the server)."""
+
+    def wait(self, rnd: int, timeout: float) -> str | None:
+        """None once round ``rnd`` is durable; else why it is not."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -152,7 +158,7 @@ class Publisher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="fedsys-publish")
         self._closed = False
         # Set by the round loop: a round's version is written once its checkpoint is.
-        self.gate: RoundGate | None = None
+        self.gate: CheckpointGate | None = None
 
     # -- round loop side -------------------------------------------------------------
 

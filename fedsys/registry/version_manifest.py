@@ -1,9 +1,8 @@
-"""What a registry version is: the manifest schema, its canonical bytes, and its signature.
+"""What a registry version is: the manifest schema and its canonical bytes.
 
 The manifest names everything needed to rebuild and trust the model (architecture config,
 input shape, classes, sha256 of the weight files) and where it came from (round, metrics,
-lineage). The publisher signs the exact bytes written to ``manifest.json`` with Ed25519;
-readers verify those bytes before they parse or use anything else.
+lineage). The bytes written to ``manifest.json`` are the ones signed (``signatures.py``).
 """
 
 from __future__ import annotations
@@ -13,14 +12,11 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedsys.errors import ArtifactRejected
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
-SIGNATURE_BYTES = 64
 SHA256_HEX = r"^[0-9a-f]{64}$"
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -87,12 +83,6 @@ def canonical_bytes(m: ModelManifest) -> bytes:
     return (json.dumps(m.model_dump(mode="json"), sort_keys=True, indent=2) + "\n").encode()
 
 
-def sign_manifest(m: ModelManifest, key: Ed25519PrivateKey) -> tuple[bytes, bytes]:
-    """``(manifest.json bytes, 64-byte signature over them)``."""
-    data = canonical_bytes(m)
-    return data, key.sign(data)
-
-
 def parse_manifest(data: bytes) -> ModelManifest:
     """Validate manifest bytes against the schema; ArtifactRejected names the first problem."""
     try:
@@ -103,18 +93,3 @@ def parse_manifest(data: bytes) -> ModelManifest:
         raise ArtifactRejected(
             f"malformed manifest: {where}: {err['msg']} ({exc.error_count()} problem(s))"
         ) from None
-
-
-def verify_manifest(data: bytes, signature: bytes, trusted: Ed25519PublicKey) -> ModelManifest:
-    """Check the signature over ``data`` first, then the schema; ArtifactRejected otherwise."""
-    if len(signature) != SIGNATURE_BYTES:
-        raise ArtifactRejected(
-            f"manifest signature must be {SIGNATURE_BYTES} bytes, got {len(signature)}"
-        )
-    try:
-        trusted.verify(signature, data)
-    except InvalidSignature:
-        raise ArtifactRejected(
-            "manifest signature does not verify under the trusted publisher key"
-        ) from None
-    return parse_manifest(data)

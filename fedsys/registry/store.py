@@ -43,16 +43,10 @@ from fedsys.data.types import DatasetInfo
 from fedsys.errors import ArtifactRejected, FedsysError, UnknownArtifact, VersionConflict
 from fedsys.fsio import atomic_write_bytes, fsync_dir, write_synced
 from fedsys.models import build_model
-from fedsys.serving.audit import AuditLog
-from fedsys.serving.manifest import (
-    Lineage,
-    ModelManifest,
-    check_name,
-    parse_manifest,
-    sign_manifest,
-    verify_manifest,
-)
-from fedsys.serving.quantized import int8_from_bytes, int8_to_bytes, quantize_int8
+from fedsys.registry.audit import AuditLog
+from fedsys.registry.int8_copy import int8_from_bytes, int8_to_bytes, quantize_int8
+from fedsys.registry.signatures import sign_manifest, verify_manifest
+from fedsys.registry.version_manifest import Lineage, ModelManifest, check_name, parse_manifest
 
 log = logging.getLogger("fedsys")
 
@@ -214,7 +208,7 @@ class Registry:
     ) -> ModelManifest:
         """Sign and store a new version (default number: latest + 1), then activate it.
 
-        ``int8_weights`` (from :func:`fedsys.serving.quantized.int8_to_bytes`) spares a second
+        ``int8_weights`` (from :func:`fedsys.registry.int8_copy.int8_to_bytes`) spares a second
         quantization when the caller already made the copy; ``int8_copy`` makes one otherwise.
         """
         existing = self.version_numbers(name)
