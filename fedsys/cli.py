@@ -202,6 +202,14 @@ def serve(
         bool, typer.Option("--int8", help="Serve the int8 copy where present.")
     ] = False,
     torch_threads: Annotated[int, typer.Option(help="Torch threads per worker.")] = 1,
+    variant: Annotated[
+        str | None,
+        typer.Option(
+            "--variant",
+            help="Compressed variant (fedsys compress) to serve by default where the active "
+            "version has one; a request picks any with ?variant=.",
+        ),
+    ] = None,
 ) -> None:
     """Serve a model registry over HTTP (publish token: env FEDSYS_PUBLISH_TOKEN)."""
     from pydantic import ValidationError
@@ -224,6 +232,7 @@ def serve(
             max_wait_ms=max_wait_ms,
             variant="int8" if int8 else "fp32",
             torch_threads=torch_threads,
+            default_variant=variant,
         )
         settings.api_keys()  # an unreadable keys file fails here, not in every worker
     except ValidationError as exc:

@@ -9,16 +9,16 @@ import pytest
 import torch
 from serving_support import NAME, make_registry
 
-from fedsys.compress.job import compress_version, version_dir
-from fedsys.compress.signed import (
+from fedsys.compress.job import compress_version
+from fedsys.config import build_config
+from fedsys.errors import ArtifactRejected
+from fedsys.registry.store import Registry
+from fedsys.registry.variants import (
     VARIANT_WEIGHTS,
     read_variant,
     variant_module,
     variant_names,
 )
-from fedsys.config import build_config
-from fedsys.errors import ArtifactRejected
-from fedsys.serving.registry import Registry
 
 FAST = [
     "compress.enabled=true",
@@ -43,7 +43,7 @@ def test_accepted_variants_are_signed_into_the_version_and_verified(tmp_path: Pa
     cfg = build_config({}, [*FAST, "compress.accuracy_budget=1.0"])
     outcome = compress_version(registry, NAME, None, cfg, key)
     assert outcome.version == 2 and outcome.published == ("int8", "pruned")
-    vdir = version_dir(registry, NAME, 2)
+    vdir = registry.version_dir(NAME, 2)
     assert variant_names(vdir) == ["int8", "pruned"]
     base = registry.versions(NAME)[1].weights_sha256
     manifest, weights = read_variant(
@@ -81,4 +81,4 @@ def test_a_variant_over_budget_is_not_published(tmp_path: Path) -> None:
     if pruned.refused is None:  # the rare draw where pruning loses nothing
         pytest.skip("pruning random weights lost no accuracy")
     assert outcome.published == ()
-    assert variant_names(version_dir(registry, NAME, 1)) == []
+    assert variant_names(registry.version_dir(NAME, 1)) == []

@@ -18,10 +18,17 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fedsys.config import ExperimentConfig
 
 log = logging.getLogger("fedsys")
 
 LOWEST_PRIORITY = 19
+COMPRESS_CONFIG = "compress-config.yaml"
+COMPRESS_LOG = "compress.log"
+PUBLISHER_KEY_FILE = "publisher.key"  # the publisher's key in the run's output dir
 
 
 class BackgroundCompressor:
@@ -100,3 +107,19 @@ class BackgroundCompressor:
             log.warning("compress: v%d failed (exit %d); see %s", version, rc, self._log_path)
         else:
             log.info("compress: v%d variants written (%s)", version, self._log_path)
+
+
+def background_compressor(
+    cfg: ExperimentConfig, out_dir: Path, registry: Path, name: str
+) -> BackgroundCompressor | None:
+    """The run's compressor when ``compress.enabled``: it reads the run's resolved config
+    (written to ``<out>/compress-config.yaml``) and signs with the publisher's key."""
+    if not cfg.compress.enabled:
+        return None
+    from fedsys.config import dump_config
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_path = out_dir / COMPRESS_CONFIG
+    dump_config(cfg, config_path)
+    key = cfg.publish.signing_key or out_dir / PUBLISHER_KEY_FILE
+    return BackgroundCompressor(registry, name, key, config_path, out_dir / COMPRESS_LOG)

@@ -55,7 +55,7 @@ def compress_cmd(
     from fedsys.compress.job import compress_version
     from fedsys.config import load_config
     from fedsys.crypto.keys import load_signing_public_key, public_to_raw, read_signing_key
-    from fedsys.serving.registry import Registry
+    from fedsys.registry.store import Registry
 
     try:
         cfg = load_config(config, [*(set_ or []), "compress.enabled=true"])

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedsys.compress.pipeline import CompressReport, Variant, build_variants
-from fedsys.compress.signed import new_manifest, write_variant
 from fedsys.config import ExperimentConfig, ModelConfig
 from fedsys.data import load_dataset, load_public
 from fedsys.data.types import DatasetInfo
 from fedsys.errors import ArtifactRejected, UnknownArtifact
-from fedsys.serving.registry import VERSIONS_DIR, Registry
+from fedsys.registry.store import Registry
+from fedsys.registry.variants import new_manifest, write_variant
 
 log = logging.getLogger("fedsys")
 
@@ -32,10 +31,6 @@ class CompressOutcome:
     version: int
     report: CompressReport
     published: tuple[str, ...]
-
-
-def version_dir(registry: Registry, name: str, version: int) -> Path:
-    return registry.root / name / VERSIONS_DIR / str(version)
 
 
 def variant_metrics(variant: Variant, report: CompressReport) -> dict[str, float]:
@@ -98,7 +93,7 @@ def compress_version(
             metrics=variant_metrics(variant, report),
             settings=settings,
         )
-        write_variant(version_dir(registry, name, version), vm, variant.data, key, replace=replace)
+        write_variant(registry.version_dir(name, version), vm, variant.data, key, replace=replace)
         _audit(registry, "variant", name, version, variant.name, None)
         published.append(variant.name)
     return CompressOutcome(name, version, report, tuple(published))

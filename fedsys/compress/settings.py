@@ -83,6 +83,11 @@ class CompressConfig(Section):
     lowrank_energy: float = Field(
         default=0.9, gt=0, le=1, description="Kept share of squared singular values."
     )
+    wait_at_end_seconds: float = Field(
+        default=900.0,
+        ge=0,
+        description="How long the end of a training run waits for the last compression.",
+    )
     latency_repeats: int = Field(default=30, ge=1, description="Timed calls per latency figure.")
 
     @model_validator(mode="after")

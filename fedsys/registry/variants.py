@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -32,6 +33,8 @@ from fedsys.config import ModelConfig
 from fedsys.data.types import DatasetInfo
 from fedsys.errors import ArtifactRejected, UnknownArtifact, VersionConflict
 from fedsys.fsio import fsync_dir, write_synced
+
+log = logging.getLogger("fedsys")
 
 VARIANTS_DIR = "variants"
 VARIANT_WEIGHTS = "model.safetensors"
@@ -208,3 +211,39 @@ def new_manifest(
         settings=settings,
         created_at=datetime.now(UTC),
     )
+
+
+def variants_stamp(version_dir: Path) -> int:
+    """A cheap change marker for a version's variants (the directory's mtime; 0: none yet):
+    each new variant is renamed into place, which moves it."""
+    try:
+        return (Path(version_dir) / VARIANTS_DIR).stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def load_verified_variants(
+    version_dir: Path,
+    trusted: Ed25519PublicKey,
+    *,
+    name: str,
+    version: int,
+    base_weights_sha256: str,
+) -> dict[str, tuple[VariantManifest, nn.Module]]:
+    """Every variant of the version that verifies, rebuilt for serving; the others are left
+    out with a warning (one bad file must not take down the version it belongs to)."""
+    out: dict[str, tuple[VariantManifest, nn.Module]] = {}
+    for variant in variant_names(version_dir):
+        try:
+            manifest, weights = read_variant(
+                version_dir,
+                variant,
+                trusted,
+                name=name,
+                version=version,
+                base_weights_sha256=base_weights_sha256,
+            )
+            out[variant] = (manifest, variant_module(manifest, weights))
+        except ArtifactRejected as exc:
+            log.warning("%s v%d: variant %s not served: %s", name, version, variant, exc.reason)
+    return out
