@@ -14,6 +14,10 @@ alternating variants round by round so that load from other processes on the mac
 on all of them alike. Accuracy is on the 1,000-row test split. Refused variants (over the
 accuracy budget) are measured too, from the in-process report, and marked refused.
 
+``--background`` instead runs one short ``fedsys simulate`` (8 rounds, a new version every
+round) without and with ``compress.enabled`` and compares the round times: compression runs
+in a niced child process and must not slow the round loop.
+
 Writes ``simulations/results/bench_compress.json``.
 """
 
@@ -22,8 +26,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +54,7 @@ OUT = ROOT / "simulations" / "results" / "bench_compress.json"
 MODELS: dict[str, dict[str, Any]] = {
     "cnn1d-128": {
         "overrides": ["model.name=cnn1d", "model.channels=128"],
-        "epochs": 6,
+        "epochs": 4,
         "lr": 2e-3,
         "compress": [],
     },
@@ -59,12 +65,7 @@ MODELS: dict[str, dict[str, Any]] = {
         "compress": ["compress.lowrank_rank=128"],
     },
 }
-COMMON = [
-    "compress.enabled=true",
-    "compress.distill_epochs=40",
-    "compress.finetune_epochs=15",
-    "compress.latency_repeats=10",
-]
+COMMON = ["compress.enabled=true", "compress.latency_repeats=10"]
 
 
 def train(cfg: ExperimentConfig, epochs: int, lr: float) -> tuple[torch.nn.Module, float, float]:
@@ -237,11 +238,71 @@ def table(label: str, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+BACKGROUND_RUN = [
+    "train.rounds=8",
+    "data.num_partitions=4",
+    "model.channels=64",
+    "publish.mode=every_round",
+    "runtime.progress=false",
+    "compress.variants=[int8,pruned,pruned_int8]",
+]
+
+
+def simulate(out: Path, compress: bool) -> dict[str, Any]:
+    """One ``fedsys simulate`` run; its per-round seconds (from metrics.jsonl)."""
+    cmd = [sys.executable, "-m", "fedsys.cli", "simulate", "--out", str(out)]
+    for item in [*BACKGROUND_RUN, f"compress.enabled={str(compress).lower()}"]:
+        cmd += ["--set", item]
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wall = time.perf_counter() - start
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    seconds = [float(r["seconds"]) for r in rows if "seconds" in r]
+    variants = sorted(
+        str(p.relative_to(out / "registry"))
+        for p in (out / "registry").glob("*/versions/*/variants/*")
+        if not p.name.startswith(".")
+    )
+    return {
+        "wall_seconds": wall,
+        "round_seconds": seconds,
+        "median_round_seconds_after_first": statistics.median(seconds[1:]),
+        "variants_written": variants,
+    }
+
+
+def background(root: Path) -> dict[str, Any]:
+    """The same short training run without and with background compression."""
+    off = simulate(root / "off", compress=False)
+    on = simulate(root / "on", compress=True)
+    return {
+        "run": BACKGROUND_RUN,
+        "without": off,
+        "with": on,
+        "round_time_ratio": on["median_round_seconds_after_first"]
+        / off["median_round_seconds_after_first"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="A smoke run (minutes less).")
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--background",
+        action="store_true",
+        help="Instead: a short training run without and with background compression.",
+    )
     args = parser.parse_args()
+    if args.background:
+        with tempfile.TemporaryDirectory(prefix="bench-compress-bg-") as tmp:
+            result = background(Path(tmp))
+        print(json.dumps(result, indent=2))
+        existing = json.loads(OUT.read_text()) if OUT.exists() else {}
+        existing["background"] = result
+        OUT.write_text(json.dumps(existing, indent=2) + "\n")
+        return
     torch.set_num_threads(1)
     results: dict[str, Any] = {}
     start = time.perf_counter()
@@ -249,6 +310,7 @@ def main() -> None:
         for label in args.models:
             results[label] = bench_model(label, MODELS[label], args.quick, Path(tmp))
             print(table(label, results[label]), flush=True)
+    previous = json.loads(OUT.read_text()) if OUT.exists() else {}
     report = {
         "machine": {
             "python": sys.version.split()[0],
@@ -258,6 +320,7 @@ def main() -> None:
         "quick": args.quick,
         "seconds": time.perf_counter() - start,
         "models": results,
+        "background": previous.get("background"),
     }
     if not args.quick:
         OUT.write_text(json.dumps(report, indent=2) + "\n")
