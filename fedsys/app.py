@@ -3,8 +3,8 @@
 ``flwr run .`` loads these; ``fedsys simulate`` runs the same ServerApp and ClientApp.
 """
 
-from fedsys.client.app import app as client_app
-from fedsys.server.app import make_server_app
+from fedsys.client.client_app import app as client_app
+from fedsys.server.server_app import make_server_app
 
 server_app = make_server_app()
 

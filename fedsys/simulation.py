@@ -74,9 +74,9 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
     # Imported here: Flower and Ray are heavy, and `fedsys --help` should stay instant.
     from flwr.simulation import run_simulation
 
-    from fedsys.client.app import app as client_app
+    from fedsys.client.client_app import app as client_app
     from fedsys.data import load_dataset
-    from fedsys.server.app import Launch, make_server_app
+    from fedsys.server.server_app import Launch, make_server_app
 
     # Fail on missing or unreadable data here, before Ray and the virtual nodes start.
     _, test, info = load_dataset(cfg.data, cfg.runtime.seed)

@@ -241,8 +241,8 @@ def breakdown() -> dict[str, Any]:
         "process_start_flwr_clientapp_runtime": _import_seconds(
             "flwr.supernode.cli.flwr_clientapp"
         ),
-        "import_thin_clientapp": _import_seconds("fedsys.deploy.thin_client"),
-        "import_fedsys_clientapp": _import_seconds("fedsys.client.app"),
+        "import_thin_clientapp": _import_seconds("fedsys.client.deployed_app"),
+        "import_fedsys_clientapp": _import_seconds("fedsys.client.client_app"),
         "import_fedsys_app_both_apps": _import_seconds("fedsys.app"),
     }
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from fedsys.client.app import describe, train
+from fedsys.client.client_app import describe, train
 from fedsys.client.node_state import load_residual
 from fedsys.codec import decode_update
 from fedsys.config import build_config

@@ -7,7 +7,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from fedsys.client.app import train
+from fedsys.client.client_app import train
 from fedsys.codec import decode_update
 from fedsys.codec.downlink import decode_global, encode_global
 from fedsys.config import build_config

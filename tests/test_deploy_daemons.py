@@ -18,14 +18,14 @@ import yaml
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common.config import parse_config_args
 
+from fedsys.client.deployed_app import call_worker, forward
+from fedsys.client.node_data import read_node_data, write_partition
+from fedsys.client.worker_protocol import Reply, Request, WorkerError, recv_frame, send_frame
 from fedsys.config import ExperimentConfig
 from fedsys.deploy.client_daemon import node_config, supernode_argv
-from fedsys.deploy.node_data import read_node_data, write_partition
 from fedsys.deploy.server_daemon import superlink_argv, write_flwr_home, write_project
 from fedsys.deploy.settings import Backoff, ClientSettings, ServerSettings, load_settings
 from fedsys.deploy.supervise import Child, Supervisor
-from fedsys.deploy.thin_client import call_worker, forward
-from fedsys.deploy.worker_protocol import Reply, Request, WorkerError, recv_frame, send_frame
 from fedsys.errors import ConfigError, DataError
 from fedsys.protocol import HELLO_KEY, NodeHello
 
@@ -103,7 +103,8 @@ def test_server_writes_flwr_home_and_a_minimal_app(tmp_path: Path) -> None:
     assert app_cfg["resume"] is True
     assert app_cfg["update-key"] == str(tmp_path / "u.key")
     assert app_cfg["overrides"] == "train.rounds=2"
-    assert project["tool"]["flwr"]["app"]["components"]["clientapp"].startswith("fedsys.deploy")
+    clientapp = project["tool"]["flwr"]["app"]["components"]["clientapp"]
+    assert clientapp.startswith("fedsys.client.deployed_app")
     argv = superlink_argv(settings)
     assert "--enable-supernode-auth" in argv and "--disable-runtime-dependency-installation" in argv
 
@@ -131,7 +132,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One warm trainer for the module's tests (it imports torch once, as in deployment)."""
     sock = tmp_path_factory.mktemp("worker") / "private" / "worker.sock"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fedsys.deploy.worker", "--socket", str(sock)],
+        [sys.executable, "-m", "fedsys.client.warm_worker", "--socket", str(sock)],
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
@@ -325,7 +326,7 @@ def test_run_config_of_a_deployed_run_loads_keys_from_files(tmp_path: Path) -> N
     from fedsys.crypto import public_to_raw
     from fedsys.deploy.keys_cli import create_aggregator_keys, create_client_keys
     from fedsys.deploy.layout import KeyLayout
-    from fedsys.server.app import launch_from_run_config
+    from fedsys.server.server_app import launch_from_run_config
 
     layout = KeyLayout(tmp_path / "keys")
     create_aggregator_keys(layout)
@@ -350,8 +351,8 @@ def test_run_config_of_a_deployed_run_loads_keys_from_files(tmp_path: Path) -> N
 
 
 def test_thin_clientapp_forwards_every_message_type_of_the_fedsys_clientapp() -> None:
-    from fedsys.client.app import app as full
-    from fedsys.deploy import thin_client
+    from fedsys.client import deployed_app as thin_client
+    from fedsys.client.client_app import app as full
 
     # a message type the full app answers but the thin one does not would fail deployed
     assert set(full._registered_funcs) <= set(thin_client.app._registered_funcs)
@@ -359,8 +360,8 @@ def test_thin_clientapp_forwards_every_message_type_of_the_fedsys_clientapp() ->
 
 def test_thin_clientapp_imports_neither_torch_nor_the_fedsys_clientapp() -> None:
     code = (
-        "import sys, fedsys.deploy.thin_client; "
-        "print(sorted(m for m in ('torch', 'fedsys.client.app') if m in sys.modules))"
+        "import sys, fedsys.client.deployed_app; "
+        "print(sorted(m for m in ('torch', 'fedsys.client.client_app') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -21,9 +21,9 @@ from fedsys.deploy.lifetime import (
     Lifetime,
     check_port_free,
     marked_processes,
-    parent_death_signal,
 )
 from fedsys.deploy.supervise import Child
+from fedsys.processes import parent_death_signal
 from fedsys.server.durable import RoundGate
 from fedsys.server.outlock import OutputDirBusy, exclusive_output_dir
 
@@ -81,7 +81,7 @@ def test_a_child_dies_with_its_daemon_even_when_the_daemon_is_sigkilled(tmp_path
     # prints its pid, and is then SIGKILLed: the sleeper must go too.
     code = (
         "import subprocess, sys, time\n"
-        "from fedsys.deploy.lifetime import parent_death_signal\n"
+        "from fedsys.processes import parent_death_signal\n"
         f"p = subprocess.Popen({SLEEPER!r}, preexec_fn=parent_death_signal(),"
         " start_new_session=True)\n"
         "print(p.pid, flush=True)\n"

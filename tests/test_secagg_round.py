@@ -11,8 +11,8 @@ import torch
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedsys.client import secagg as client_stages
-from fedsys.client.secagg import clip_and_quantize
+from fedsys.client import secagg_handler as client_stages
+from fedsys.client.secagg_handler import clip_and_quantize
 from fedsys.config import ExperimentConfig, build_config
 from fedsys.secagg.fixedpoint import FixedPoint
 from fedsys.secagg.layout import FlatLayout

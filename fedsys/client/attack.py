@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context
 
+from fedsys.client.node_config import NodeConfig
 from fedsys.codec.coded import CodedTensor
 from fedsys.codec.dtypes import dtype_name
 from fedsys.codec.quantize import Quantize
@@ -162,8 +163,7 @@ def attack_for(
     """This client's attack this round, or None (honest, or not a simulated client)."""
     if not cfg.attack.active:
         return None
-    node_config = context.node_config
-    if node_config.get("client-id") or node_config.get("data-path"):
+    if NodeConfig.parse(context.node_config).deployed:
         return None  # a deployed node: never attacks on a server's say-so
     chosen = malicious_partitions(cfg.runtime.seed, cfg.data.num_partitions, cfg.attack.fraction)
     if partition_id not in chosen:

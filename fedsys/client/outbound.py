@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 
+from fedsys.client.node_config import NodeConfig
 from fedsys.client.node_state import load_residual, save_residual
 from fedsys.codec import build_pipeline, encode_update
 from fedsys.config import CodecConfig
@@ -55,9 +56,9 @@ def signing_key(context: Context) -> bytes:
     In simulation every run makes fresh keys; a deployed node names its key file in the node
     config (``signing-key``, made by ``fedsys keys client``; refused unless 0600).
     """
-    key_file = context.node_config.get("signing-key")
-    if key_file:
-        return private_to_pem(read_signing_key(Path(str(key_file))))
+    key_file = NodeConfig.parse(context.node_config).signing_key
+    if key_file is not None:
+        return private_to_pem(read_signing_key(Path(key_file)))
     state = _state(context)
     pem = state.get(_SIGNING_KEY)
     if not isinstance(pem, bytes):

@@ -1,13 +1,13 @@
 """Datasets as in-memory arrays, and their deterministic split across clients."""
 
-from fedsys.data.partition import dirichlet, iid, natural, shards
-from fedsys.data.registry import (
+from fedsys.data.catalog import (
     clear_memo,
     client_partition,
     load_dataset,
     load_public,
     partition_indices,
 )
+from fedsys.data.partition import dirichlet, iid, natural, shards
 from fedsys.data.types import ArrayDataset, DatasetInfo
 
 __all__ = [

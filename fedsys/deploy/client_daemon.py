@@ -3,7 +3,7 @@
 The SuperNode (``flower-supernode``) connects to the SuperLink over TLS with the node's
 authentication key and starts a ``flwr-clientapp`` process per message; the fedsys ClientApp
 in there hands the work to the warm trainer over a private Unix socket (see
-:mod:`fedsys.deploy.worker`). Both children are restarted with backoff when they exit (a
+:mod:`fedsys.client.warm_worker`). Both children are restarted with backoff when they exit (a
 SuperLink restart makes the SuperNode exit or retry), and SIGTERM stops both and exits 0.
 Children die with the daemon and a second daemon on the same state directory is refused
 (:mod:`fedsys.deploy.lifetime`); lost and regained SuperLink connections are logged
@@ -12,40 +12,22 @@ Children die with the daemon and a second daemon on the same state directory is 
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
 import sys
 from pathlib import Path
 
+from fedsys.client.node_config import CLIENT_ID, DATA_PATH, PARTITION_ID, SIGNING_KEY, WORKER_SOCKET
+from fedsys.client.warm_worker import prepare_private_dir
 from fedsys.crypto.keys import read_secret_file, read_signing_key
 from fedsys.deploy.connection import ConnectionWatch
 from fedsys.deploy.layout import check_client_id
 from fedsys.deploy.lifetime import DaemonConflict, Lifetime, check_port_free, claim
 from fedsys.deploy.settings import ClientSettings
 from fedsys.deploy.supervise import Child, Supervisor, emit
-from fedsys.deploy.thin_client import WORKER_SOCKET
-from fedsys.deploy.worker import prepare_private_dir
+from fedsys.deploy.toml_text import toml_value
+from fedsys.processes import child_env, find_executable
 
 COMPONENT = "client"
-# SuperExec polls its SuperNode for new ClientApp tasks every second by default: a tenth of
-# that takes most of the idle wait out of every round at a negligible CPU cost.
-TASK_POLL_INTERVAL = "0.1"
-
-
-def _bin(name: str) -> str:
-    """An entry point installed next to this interpreter (venvs are often not on PATH)."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", TASK_POLL_INTERVAL)
-    return env
 
 
 def socket_path(settings: ClientSettings) -> Path:
@@ -55,30 +37,20 @@ def socket_path(settings: ClientSettings) -> Path:
 def node_config(settings: ClientSettings) -> str:
     """The SuperNode's ``--node-config``: what the fedsys ClientApp reads from its context."""
     items: dict[str, str | int] = {
-        "client-id": settings.client_id,
-        "partition-id": settings.partition_id,
-        "signing-key": str(settings.signing_key),
+        CLIENT_ID: settings.client_id,
+        PARTITION_ID: settings.partition_id,
+        SIGNING_KEY: str(settings.signing_key),
     }
     if settings.data_path is not None:
-        items["data-path"] = str(settings.data_path)
+        items[DATA_PATH] = str(settings.data_path)
     if settings.warm_worker:
         items[WORKER_SOCKET] = str(socket_path(settings))
     return " ".join(f"{k}={toml_value(v)}" for k, v in items.items())
 
 
-def toml_value(value: str | bool | int) -> str:
-    """A TOML literal: booleans and integers as such, strings as JSON strings (a JSON
-    string, control characters escaped, is a valid TOML basic string)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    return json.dumps(value)
-
-
 def supernode_argv(settings: ClientSettings) -> list[str]:
     argv = [
-        _bin("flower-supernode"),
+        find_executable("flower-supernode"),
         "--superlink",
         settings.superlink,
         "--port",
@@ -93,7 +65,7 @@ def supernode_argv(settings: ClientSettings) -> list[str]:
     if settings.auth_key is not None:
         argv += ["--auth-supernode-private-key", str(settings.auth_key)]
     if settings.fast_tasks:
-        argv += ["--isolation", "process"]  # tasks come from fedsys.deploy.task_runner
+        argv += ["--isolation", "process"]  # tasks come from fedsys.client.task_runner
     return argv
 
 
@@ -120,13 +92,13 @@ def build_supervisor(settings: ClientSettings, lifetime: Lifetime | None = None)
     children: list[Child] = []
     if settings.warm_worker:
         prepare_private_dir(socket_path(settings).parent)
-        worker_argv = [sys.executable, "-m", "fedsys.deploy.worker"]
+        worker_argv = [sys.executable, "-m", "fedsys.client.warm_worker"]
         worker_argv += ["--socket", str(socket_path(settings))]
         children.append(Child("worker", worker_argv, env, logs / "worker.log"))
     supernode = Child("supernode", supernode_argv(settings), env, logs / "supernode.log")
     children.append(supernode)
     if settings.fast_tasks:
-        runner_argv = [sys.executable, "-m", "fedsys.deploy.task_runner"]
+        runner_argv = [sys.executable, "-m", "fedsys.client.task_runner"]
         runner_argv += ["--runtime-api-address", runtime_address(settings)]
         children.append(Child("task-runner", runner_argv, env, logs / "task_runner.log"))
     return Supervisor(

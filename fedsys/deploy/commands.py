@@ -77,8 +77,8 @@ def partition_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Dotted override.")] = None,
 ) -> None:
     """Write one client's partition of a built-in dataset as a node data file (x, y)."""
+    from fedsys.client.node_data import write_partition
     from fedsys.config import load_config
-    from fedsys.deploy.node_data import write_partition
 
     try:
         n = write_partition(load_config(config, set_), partition_id, out)

@@ -4,9 +4,10 @@ Flower detaches what it starts (the SuperLink runs SuperExec in a session of its
 runs the ServerApp), so a process group or a plain parent/child link does not reach the
 whole tree. Three mechanisms together do:
 
-- every direct child gets a parent-death signal (``prctl(PR_SET_PDEATHSIG)``): the daemon's
-  death, even by SIGKILL, stops its SuperLink or SuperNode, and Flower's own parent monitors
-  (SuperExec watches the SuperLink, the ServerApp watches SuperExec) take the rest down;
+- every direct child gets a parent-death signal (``prctl(PR_SET_PDEATHSIG)``, see
+  :mod:`fedsys.processes`): the daemon's death, even by SIGKILL, stops its SuperLink or
+  SuperNode, and Flower's own parent monitors (SuperExec watches the SuperLink, the
+  ServerApp watches SuperExec) take the rest down;
 - every process the daemon starts, and every process those start, carries two environment
   markers (the state directory and this daemon instance's id, plus which child started it),
   so the daemon can find its whole tree in ``/proc`` whatever session Flower put it in;
@@ -18,7 +19,6 @@ whole tree. Three mechanisms together do:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import json
@@ -38,30 +38,10 @@ STATE_ENV = "FEDSYS_DAEMON_STATE"  # the daemon's state directory (absolute)
 INSTANCE_ENV = "FEDSYS_DAEMON_INSTANCE"  # one id per daemon start
 CHILD_ENV = "FEDSYS_DAEMON_CHILD"  # which child (and which start of it) a process descends from
 LOCK_FILE = "daemon.lock"
-PR_SET_PDEATHSIG = 1
 
 
 class DaemonConflict(FedsysError):
     """Another live daemon owns the state directory, or something else holds our port."""
-
-
-def parent_death_signal(signum: int = signal.SIGTERM) -> Callable[[], None]:
-    """A ``preexec_fn`` that makes the child receive ``signum`` when its parent dies.
-
-    The signal is tied to the forking *thread*; supervisors start children from their main
-    thread. A parent that died between fork and prctl is caught by the ppid check.
-    """
-    parent = os.getpid()
-    return lambda: die_with_parent(parent, signum)
-
-
-def die_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
-    """In a freshly forked child of ``parent``: receive ``signum`` when the parent dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signum)
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedsys.config import ExperimentConfig, load_config
-from fedsys.deploy.client_daemon import _bin, child_env, toml_value
 from fedsys.deploy.lifetime import DaemonConflict, Lifetime, check_port_free, claim
 from fedsys.deploy.settings import ServerSettings
 from fedsys.deploy.supervise import Child, Supervisor, emit
+from fedsys.deploy.toml_text import toml_value
 from fedsys.errors import ConfigError, FedsysError
+from fedsys.processes import child_env, find_executable
 
 COMPONENT = "server"
 CONNECTION = "fedsys"
@@ -100,7 +101,7 @@ def write_project(settings: ServerSettings, *, resume: bool) -> Path:
             "",
             "[tool.flwr.app.components]",
             'serverapp = "fedsys.app:server_app"',
-            'clientapp = "fedsys.deploy.thin_client:app"',
+            'clientapp = "fedsys.client.deployed_app:app"',
             "",
             "[tool.flwr.app.config]",
             *(f"{k} = {toml_value(v)}" for k, v in config.items()),
@@ -113,7 +114,7 @@ def write_project(settings: ServerSettings, *, resume: bool) -> Path:
 
 def superlink_argv(settings: ServerSettings) -> list[str]:
     argv = [
-        _bin("flower-superlink"),
+        find_executable("flower-superlink"),
         "--host",
         settings.host,
         "--port",
@@ -146,7 +147,7 @@ class FlwrCli:
         self.env["FLWR_HOME"] = str(home)
 
     def __call__(self, *args: str, timeout: float = FLWR_TIMEOUT) -> dict[str, object]:
-        argv = [_bin("flwr"), *args, "--format", "json"]
+        argv = [find_executable("flwr"), *args, "--format", "json"]
         try:
             done = subprocess.run(
                 argv, env=self.env, capture_output=True, text=True, timeout=timeout, check=False

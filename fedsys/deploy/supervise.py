@@ -8,7 +8,6 @@ Children write their own output to files under the daemon's log directory.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -17,10 +16,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
-from fedsys.deploy.lifetime import Lifetime, parent_death_signal, terminate
+from fedsys.deploy.lifetime import Lifetime, terminate
 from fedsys.deploy.settings import Backoff
+from fedsys.processes import StopRequest, log_line, parent_death_signal
 
 POLL = 0.2  # seconds between checks of the children
 REFUSED_EXIT = 305  # flower-supernode: the SuperLink refused this node (unregistered key)
@@ -30,10 +29,8 @@ REFUSED_MARK = b"Exit Code: 305"
 
 
 def emit(component: str, event: str, **fields: object) -> None:
-    """One structured log line; callers never pass key material."""
-    line = {"ts": round(time.time(), 3), "component": component, "event": event, **fields}
-    sys.stdout.write(json.dumps(line, default=str) + "\n")
-    sys.stdout.flush()
+    """One structured log line on stdout; callers never pass key material."""
+    log_line(sys.stdout, component, event, **fields)
 
 
 @dataclass
@@ -106,22 +103,6 @@ class Child:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # stragglers it started (e.g. flwr-clientapp)
         return proc.returncode
-
-
-class StopRequest:
-    """SIGTERM or SIGINT recorded (not raised) once :meth:`install` ran: for loops that
-    finish their current step and then check ``signum``."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def install(self) -> StopRequest:
-        signal.signal(signal.SIGTERM, self._record)
-        signal.signal(signal.SIGINT, self._record)
-        return self
-
-    def _record(self, signum: int, _frame: FrameType | None) -> None:
-        self.signum = signum
 
 
 class Supervisor:

@@ -3,7 +3,7 @@
 Pure protocol code, independent of Flower: ``client`` and ``server`` hold the four stages,
 ``graph`` the sparse neighbour graph, ``keys`` X25519/HKDF/AEAD, ``shamir`` the secret sharing,
 ``prg`` the ChaCha20 masks, ``fixedpoint`` the global-scale quantization, ``layout`` the model
-as one flat vector. The Flower glue lives in ``fedsys.client.secagg`` and
+as one flat vector. The Flower glue lives in ``fedsys.client.secagg_handler`` and
 ``fedsys.server.secagg_round``.
 """
 

@@ -1,7 +1,7 @@
 """The deployed ClientApp: hand each message to the daemon's warm trainer, or do it here.
 
 Every message runs in its own process (a fresh ``flwr-clientapp``, or a child forked by
-:mod:`fedsys.deploy.task_runner`), so this module imports nothing heavy: when the node config
+:mod:`fedsys.client.task_runner`), so this module imports nothing heavy: when the node config
 names a ``worker-socket`` that answers, the message and context go over it (Flower's protobuf
 encoding) and the reply and the node state come back; otherwise the full fedsys ClientApp
 (torch, data, model) is imported and run in this process. Every message type the fedsys
@@ -17,9 +17,9 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedsys.deploy.worker_protocol import Reply, Request, WorkerError, recv_frame, send_frame
+from fedsys.client.node_config import NodeConfig
+from fedsys.client.worker_protocol import Reply, Request, WorkerError, recv_frame, send_frame
 
-WORKER_SOCKET = "worker-socket"  # node-config key: path of the warm trainer's socket
 # The secure-aggregation query actions of fedsys.secagg.messages, spelled out here because
 # importing that package pulls in torch; tests/test_deploy_daemons.py checks they match.
 SECAGG_ACTIONS = ("secagg_share", "secagg_mask", "secagg_unmask")
@@ -30,8 +30,8 @@ app = ClientApp()
 
 
 def _socket_path(context: Context) -> Path | None:
-    value = context.node_config.get(WORKER_SOCKET)
-    return Path(str(value)) if value else None
+    value = NodeConfig.parse(context.node_config).worker_socket
+    return Path(value) if value else None
 
 
 def call_worker(path: Path, msg: Message, context: Context) -> Message:
@@ -73,7 +73,7 @@ def forward(msg: Message, context: Context) -> Message:
             return call_worker(path, msg, context)
         except OSError as exc:
             log.warning("warm trainer at %s unreachable (%s); running in process", path, exc)
-    from fedsys.client.app import app as local
+    from fedsys.client.client_app import app as local
 
     return local(message=msg, context=context)
 

@@ -16,14 +16,12 @@ back to the SuperNode's own launcher when ``fast_tasks`` is off.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import time
 
-from fedsys.deploy.lifetime import die_with_parent
-from fedsys.deploy.supervise import StopRequest
+from fedsys.processes import StopRequest, die_with_parent, log_line
 
 POLL_SECONDS = 0.05  # between AcquireTask calls on the local runtime API
 # A task is handed out while the SuperNode may still be fetching the message's objects from
@@ -33,9 +31,7 @@ LAUNCH_DELAY_SECONDS = 0.25
 
 
 def _log(event: str, **fields: object) -> None:
-    line = {"ts": round(time.time(), 3), "component": "task-runner", "event": event, **fields}
-    sys.stderr.write(json.dumps(line) + "\n")
-    sys.stderr.flush()
+    log_line(sys.stderr, "task-runner", event, **fields)
 
 
 def _run_task(runtime_address: str, token: str, parent: int) -> None:
@@ -75,7 +71,7 @@ def serve(runtime_address: str, launch_delay: float = LAUNCH_DELAY_SECONDS) -> N
     from flwr.supercore.runtime import RuntimeHttpClient
     from flwr.supernode.runtime import run_clientapp  # noqa: F401
 
-    import fedsys.deploy.thin_client  # noqa: F401
+    import fedsys.client.deployed_app  # noqa: F401
 
     stop = StopRequest().install()
     client = RuntimeHttpClient.from_server_address(

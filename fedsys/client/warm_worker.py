@@ -4,7 +4,7 @@ A SuperNode starts a fresh ``flwr-clientapp`` process for every message, which w
 torch, rebuild the data and the model (and on a GPU create a CUDA context) every round. The
 ``fedsys client`` daemon keeps this process instead: it imports the ClientApp once, and its
 per-process memos (parsed config, partition tensors, model object) survive across rounds.
-The thin ClientApp (:mod:`fedsys.deploy.thin_client`) hands each message over a Unix socket.
+The thin ClientApp (:mod:`fedsys.client.deployed_app`) hands each message over a Unix socket.
 
 The socket lives in a directory only the daemon's user can enter (0700), is itself 0600, and
 every connection's peer uid is checked (``SO_PEERCRED``) before a byte is read.
@@ -13,7 +13,6 @@ every connection's peer uid is checked (``SO_PEERCRED``) before a byte is read.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import stat
@@ -22,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from fedsys.deploy.supervise import StopRequest
-from fedsys.deploy.worker_protocol import PING, Reply, Request, WorkerError, recv_frame, send_frame
+from fedsys.client.worker_protocol import PING, Reply, Request, WorkerError, recv_frame, send_frame
 from fedsys.errors import FedsysError
+from fedsys.processes import StopRequest, log_line
 
 ACCEPT_POLL = 0.5  # seconds between checks for a stop request while idle
 
@@ -51,9 +50,7 @@ def peer_uid(conn: socket.socket) -> int:
 
 
 def _log(event: str, **fields: object) -> None:
-    line = {"ts": round(time.time(), 3), "component": "worker", "event": event, **fields}
-    sys.stderr.write(json.dumps(line) + "\n")
-    sys.stderr.flush()
+    log_line(sys.stderr, "worker", event, **fields)
 
 
 def handle(request: Request, body: bytes) -> tuple[bytes, bytes]:
@@ -66,7 +63,7 @@ def handle(request: Request, body: bytes) -> tuple[bytes, bytes]:
     from flwr.proto.message_pb2 import Context as ProtoContext
     from flwr.proto.message_pb2 import Message as ProtoMessage
 
-    from fedsys.client.app import app as client_app
+    from fedsys.client.client_app import app as client_app
 
     msg_end = request.message_bytes
     message = message_from_proto(ProtoMessage.FromString(body[:msg_end]))
@@ -111,7 +108,7 @@ def serve(socket_path: Path, *, preload: bool = True) -> None:
     socket_path.unlink(missing_ok=True)
     stop = StopRequest().install()
     if preload:
-        import fedsys.client.app  # noqa: F401  (torch, data and model code, once)
+        import fedsys.client.client_app  # noqa: F401  (torch, data and model code, once)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # the socket file is created 0600
     try:

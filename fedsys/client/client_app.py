@@ -16,8 +16,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from fedsys.client import secagg
+from fedsys.client import secagg_handler
 from fedsys.client.attack import attack_for
+from fedsys.client.node_config import NodeConfig
 from fedsys.client.node_state import state_root
 from fedsys.client.outbound import encode_delta, signing_key
 from fedsys.codec.downlink import decode_global
@@ -71,13 +72,13 @@ def _model(config_json: str, seed: int) -> nn.Module:
 
 
 def _partition_id(context: Context) -> int:
-    return int(context.node_config.get("partition-id", 0))
+    return NodeConfig.parse(context.node_config).partition_id
 
 
 @lru_cache(maxsize=4)
 def _file_tensors(path: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A deployed node's own data: an ``.npz`` file with ``x`` and ``y`` (no pickle)."""
-    from fedsys.deploy.node_data import read_node_data
+    from fedsys.client.node_data import read_node_data
 
     x, y = read_node_data(Path(path))
     return torch.from_numpy(x), torch.from_numpy(y)
@@ -87,16 +88,16 @@ def _local_tensors(
     config_json: str, seed: int, context: Context
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``data-path`` from the node config (deployed), else this node's partition."""
-    data_path = context.node_config.get("data-path")
-    if data_path:
-        return _file_tensors(str(data_path))
-    return _partition_tensors(config_json, seed, _partition_id(context))
+    node = NodeConfig.parse(context.node_config)
+    if node.data_path is not None:
+        return _file_tensors(node.data_path)
+    return _partition_tensors(config_json, seed, node.partition_id)
 
 
 def _client_id(context: Context) -> str:
     """A stable name for this node's signing identity (``client-id`` in the node config)."""
-    named = context.node_config.get("client-id")
-    return str(named) if named else f"sim-{_partition_id(context)}"
+    node = NodeConfig.parse(context.node_config)
+    return node.client_id if node.client_id is not None else f"sim-{node.partition_id}"
 
 
 def _straggler_work(cfg: ExperimentConfig, seed: int, rnd: int, partition_id: int) -> float:
@@ -172,7 +173,7 @@ def train(msg: Message, context: Context) -> Message:
             "straggler": int(work < 1.0),
         }
         state_dir = state_root(cfg.runtime.node_state_dir)
-        return secagg.setup(msg, context, cfg, delta, done, state_dir=state_dir, seed=seed)
+        return secagg_handler.setup(msg, context, cfg, delta, done, state_dir=state_dir, seed=seed)
     aggregator_key = config.get(AGGREGATOR_KEY)
     stated = attack.stated_weight(result.num_examples) if attack else result.num_examples
     outbound = encode_delta(
@@ -221,17 +222,17 @@ def evaluate_local(msg: Message, context: Context) -> Message:
 
 @app.query(STAGE_SHARE)
 def secagg_share(msg: Message, context: Context) -> Message:
-    return secagg.share(msg, context)
+    return secagg_handler.share(msg, context)
 
 
 @app.query(STAGE_MASK)
 def secagg_mask(msg: Message, context: Context) -> Message:
-    return secagg.mask(msg, context)
+    return secagg_handler.mask(msg, context)
 
 
 @app.query(STAGE_UNMASK)
 def secagg_unmask(msg: Message, context: Context) -> Message:
-    return secagg.unmask(msg, context)
+    return secagg_handler.unmask(msg, context)
 
 
 def _declared_examples(msg: Message, context: Context) -> int | None:
