@@ -85,7 +85,7 @@ def compress_version(
         vm = new_manifest(
             name=name,
             version=version,
-            variant=variant.name,  # type: ignore[arg-type]
+            variant=variant.name,
             base_weights_sha256=manifest.weights_sha256,
             model=variant.model,
             info=info,

@@ -20,7 +20,7 @@ from fedsys.compress.int8 import quantize_static
 from fedsys.compress.lowrank import factorise
 from fedsys.compress.measure import VariantMetrics, measure, within_budget
 from fedsys.compress.prune import prune_structured
-from fedsys.compress.settings import CompressConfig
+from fedsys.compress.settings import CompressConfig, VariantName
 from fedsys.config import ModelConfig
 from fedsys.data.types import ArrayDataset, DatasetInfo
 from fedsys.errors import ConfigError, DataError
@@ -34,7 +34,7 @@ class Variant:
     """One built variant: its file, the architecture that file fits, its figures, and
     ``refused`` (why it is not to be published) or None."""
 
-    name: str
+    name: VariantName
     model: ModelConfig
     data: bytes
     metrics: VariantMetrics
@@ -154,7 +154,7 @@ class _Builder:
     def _source_parameters(self, name: str) -> int:
         return count_parameters(self.pruned()[0] if name == "pruned_int8" else self.teacher)
 
-    def variant(self, name: str) -> Variant:
+    def variant(self, name: VariantName) -> Variant:
         module, arch, ranks, quantized = self.build(name)
         data = variant_bytes(module, variant=name, quantized=quantized, ranks=ranks)
         # Measure what a reader of the file gets, so the figures describe the artifact.
