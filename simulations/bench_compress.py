@@ -269,11 +269,18 @@ def simulate(out: Path, compress: bool) -> dict[str, Any]:
         for p in (out / "registry").glob("*/versions/*/variants/*")
         if not p.name.startswith(".")
     )
+    log = out / "compress.log"
+    refused = [
+        line.strip()
+        for line in (log.read_text().splitlines() if log.exists() else [])
+        if "refused" in line or "error" in line.lower()
+    ]
     return {
         "wall_seconds": wall,
         "round_seconds": seconds,
         "median_round_seconds_after_first": statistics.median(seconds[1:]),
         "variants_written": variants,
+        "compress_log_refusals": refused,
     }
 
 
