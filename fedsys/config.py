@@ -19,6 +19,9 @@ from fedsys.config_section import Section
 from fedsys.defense_config import AttackConfig, DefenseConfig
 from fedsys.defense_config import AttackName as AttackName  # re-exported
 from fedsys.errors import ConfigError
+from fedsys.strategy_traits import ROBUST_STRATEGIES as ROBUST_STRATEGIES  # re-exported
+from fedsys.strategy_traits import STRATEGY_TRAITS, names_where
+from fedsys.strategy_traits import StrategyName as StrategyName  # re-exported
 
 DatasetName = Literal["mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10"]
 PartitionerName = Literal["iid", "dirichlet", "shards", "natural"]
@@ -116,22 +119,6 @@ class TrainConfig(Section):
     timeout: float = Field(default=600.0, gt=0, description="Seconds to wait for replies.")
 
 
-StrategyName = Literal[
-    "fedavg",
-    "fedprox",
-    "fedavgm",
-    "fedadam",
-    "fedyogi",
-    "fedadagrad",
-    "fedmedian",
-    "fedtrimmedavg",
-    "krum",
-    "multikrum",
-    "bulyan",
-]
-ROBUST_STRATEGIES = frozenset({"fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"})
-
-
 class DPConfig(Section):
     """Flower's server-side differential-privacy wrappers."""
 
@@ -172,7 +159,7 @@ class StrategyConfig(Section):
     def keeps_stragglers(self) -> bool:
         if self.drop_stragglers is not None:
             return not self.drop_stragglers
-        return self.name == "fedprox"
+        return STRATEGY_TRAITS[self.name].keeps_stragglers
 
 
 class CodecConfig(Section):
@@ -382,7 +369,7 @@ class ExperimentConfig(Section):
             )
         if self.strategy.name == "fedprox" and self.strategy.proximal_mu == 0.0:
             raise ValueError("strategy.proximal_mu must be > 0 for fedprox (0 is plain FedAvg)")
-        if self.strategy.dp is not None and self.strategy.name in ROBUST_STRATEGIES:
+        if self.strategy.dp is not None and not STRATEGY_TRAITS[self.strategy.name].dp_compatible:
             raise ValueError(
                 f"strategy.dp cannot wrap the robust strategy {self.strategy.name!r}: "
                 "Flower's DP wrappers assume a weighted average"
@@ -425,11 +412,12 @@ class ExperimentConfig(Section):
         if not self.secagg.enabled:
             return self
         fix = "clip on the clients instead (codec.clip_norm)"
-        if self.strategy.name in ROBUST_STRATEGIES:
+        if not STRATEGY_TRAITS[self.strategy.name].secagg_compatible:
+            *others, last = names_where(lambda t: t.secagg_compatible)
             raise ValueError(
                 f"secagg.enabled: strategy {self.strategy.name!r} needs every client's update, "
-                "but secure aggregation reveals only their sum; use fedavg, fedprox, fedavgm, "
-                f"fedadam, fedyogi or fedadagrad, and {fix} to bound each client's influence"
+                f"but secure aggregation reveals only their sum; use {', '.join(others)} or "
+                f"{last}, and {fix} to bound each client's influence"
             )
         if self.strategy.dp is not None:
             raise ValueError(

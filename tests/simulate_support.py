@@ -79,3 +79,13 @@ def run_fedsys(
 def set_args(overrides: list[str]) -> list[str]:
     """``["a=1", "b=2"]`` -> ``["--set", "a=1", "--set", "b=2"]``."""
     return [arg for item in overrides for arg in ("--set", item)]
+
+
+FAULT_HOOK_DIR = Path(__file__).parent / "fault_hook"
+
+
+def kill_after_round(rnd: int) -> dict[str, str]:
+    """Environment for a child ``fedsys`` that dies like ``kill -9`` once round ``rnd`` is
+    checkpointed (``fault_hook/sitecustomize.py``, which Python loads from PYTHONPATH)."""
+    path = os.pathsep.join(p for p in (str(FAULT_HOOK_DIR), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, "FEDSYS_FAULT_KILL_AFTER_ROUND": str(rnd)}

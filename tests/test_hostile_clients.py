@@ -234,13 +234,14 @@ def test_no_weight_crashes_a_strategy(name: str) -> None:
 
     from fedsys.config import build_config
     from fedsys.server.strategies import build_strategy
+    from fedsys.strategy_traits import STRATEGY_TRAITS
 
     cfg = build_config({"strategy": {"name": name}, "data": {"num_partitions": 4}})
     strategy = build_strategy(cfg.strategy, cfg.train, 4)
     arrays = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
     with contextlib.suppress(_Sampled):
         strategy.configure_train(1, arrays, ConfigRecord(), _NoNodes())  # type: ignore[arg-type]
-    collector = _collector(streaming=name in ("fedadam", "fedavg"))
+    collector = _collector(streaming=STRATEGY_TRAITS[name].streaming)
     collector.offer(_plain(1, _honest(1), math.nan))
     collector.offer(_plain(2, _honest(2), math.inf))
     for node in (3, 4, 5):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
-from simulate_support import TINY, Run, run_simulate, set_args
+from simulate_support import TINY, Run, kill_after_round, run_simulate, set_args
 
 from fedsys.server.checkpoint import load_checkpoint
 from fedsys.server.records import read_rounds
@@ -59,9 +59,7 @@ def test_outputs(full_run: Path) -> None:
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_model(full_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    code = _simulate(
-        ["--out", str(out), *_set(TINY)], env_extra={"FEDSYS_FAULT_KILL_AFTER_ROUND": "2"}
-    )
+    code = _simulate(["--out", str(out), *_set(TINY)], env_extra=kill_after_round(2))
     assert code == -signal.SIGKILL
     assert load_checkpoint(out / "checkpoint").round == 2
     assert not (out / "summary.json").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -13,8 +14,8 @@ from fedsys.codec import UpdatePolicy, encode_update
 from fedsys.config import ExperimentConfig, build_config
 from fedsys.crypto import RoundBinding
 from fedsys.server.collect import RoundCollector
-from fedsys.server.loop import STREAMING_STRATEGIES
 from fedsys.server.strategies import build_strategy
+from fedsys.strategy_traits import STRATEGY_TRAITS, StrategyName, traits_of
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -48,7 +49,7 @@ def _aggregate(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
         keys=None,
         client_ids={},
         keep_stragglers=True,
-        streaming=cfg.strategy.name in STREAMING_STRATEGIES and cfg.strategy.dp is None,
+        streaming=traits_of(cfg.strategy.name, dp=cfg.strategy.dp is not None).streaming,
     )
     for node, shift in enumerate(SHIFTS, start=1):
         collector.offer(_reply(node, shift))
@@ -112,3 +113,45 @@ def test_dp_wrapper_clips_and_noises_individual_updates() -> None:
     moved = _aggregate(cfg)["w"] - GLOBAL["w"]
     # each update's whole-model norm is clipped to 0.01, so the mean cannot move far
     assert float(np.linalg.norm(moved)) <= 0.01 + 1e-6
+
+
+@pytest.mark.parametrize(
+    ("name", "dp"),
+    [(n, False) for n in STRATEGY_TRAITS]
+    + [(n, True) for n, t in STRATEGY_TRAITS.items() if t.dp_compatible],
+)
+def test_keeps_reference_matches_flower(name: StrategyName, dp: bool) -> None:
+    """The round sends a coded model without the fp32 record unless the strategy keeps it."""
+    overrides = [f"strategy.name={name}", "data.num_partitions=5", "strategy.proximal_mu=0.1"]
+    if dp:
+        overrides.append("strategy.dp.kind=fixed")
+    cfg = build_config({}, overrides)
+    strategy = build_strategy(cfg.strategy, cfg.train, num_clients=5)
+    assert hasattr(strategy, "current_arrays") == traits_of(name, dp=dp).keeps_reference
+
+
+def test_the_table_names_every_configurable_strategy() -> None:
+    assert set(STRATEGY_TRAITS) == set(get_args(StrategyName))
+
+
+@pytest.mark.parametrize("name", [n for n, t in STRATEGY_TRAITS.items() if t.mean_is_final])
+def test_mean_is_final_strategies_return_the_streamed_mean(name: StrategyName) -> None:
+    """What lets the round take the collector's mean without calling aggregate_train."""
+    cfg = build_config({}, [f"strategy.name={name}", "strategy.proximal_mu=0.1"])
+    strategy = build_strategy(cfg.strategy, cfg.train, num_clients=len(SHIFTS))
+    collector = RoundCollector(
+        GLOBAL,
+        UpdatePolicy(require_envelope=False),
+        binding=lambda n: RoundBinding(1, 1, n),
+        keys=None,
+        client_ids={},
+        keep_stragglers=True,
+        streaming=STRATEGY_TRAITS[name].streaming,
+    )
+    for node, shift in enumerate(SHIFTS, start=1):
+        collector.offer(_reply(node, shift))
+    result = collector.finish(lambda n: (0, n))
+    agg, _ = strategy.aggregate_train(1, result.for_strategy)
+    assert agg is not None and result.mean_weights is not None
+    for key, value in agg.items():
+        np.testing.assert_allclose(result.mean_weights[key], value.numpy(), rtol=0, atol=1e-7)
