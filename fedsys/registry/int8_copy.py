@@ -34,6 +34,7 @@ from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from fedsys.errors import ArtifactRejected
+from fedsys.safetensors_bytes import canonical
 from fedsys.training import evaluate
 
 INT8_FORMAT = "fedsys-int8-dynamic/1"
@@ -106,7 +107,7 @@ def int8_to_bytes(qmodule: nn.Module) -> bytes:
             raise TypeError(f"cannot store {key!r} of the quantized model as a plain tensor")
         tensors[key] = value.detach().contiguous()
     metadata = {"format": INT8_FORMAT, "layers": json.dumps(layers, sort_keys=True)}
-    return bytes(st_save(tensors, metadata=metadata))
+    return canonical(bytes(st_save(tensors, metadata=metadata)))
 
 
 def _int8_metadata(data: bytes) -> dict[str, dict[str, int | str]]:

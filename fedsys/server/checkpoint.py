@@ -18,6 +18,7 @@ from safetensors.numpy import load, save
 
 from fedsys.errors import CheckpointError
 from fedsys.fsio import atomic_write_bytes
+from fedsys.safetensors_bytes import canonical
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT_VERSION = 1
@@ -60,7 +61,7 @@ def save_checkpoint(directory: Path, ckpt: Checkpoint) -> Path:
     }
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT_FILE
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    atomic_write_bytes(path, canonical(save(tensors, metadata=metadata)))
     return path
 
 

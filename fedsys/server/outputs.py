@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from fedsys.config import ExperimentConfig, dump_config
+from fedsys.fsio import atomic_write_bytes
+from fedsys.safetensors_bytes import canonical
 from fedsys.server.aggregate import Aggregated
 from fedsys.server.evaluation import state_dict
 from fedsys.server.plots import plot_curves
@@ -111,11 +113,11 @@ def write_final_outputs(
 ) -> RunSummary:
     """model.safetensors, curves.png and summary.json, from the run's metrics lines."""
     records = read_rounds(paths.metrics)
-    save_file(
+    blob = save(
         {k: v.contiguous() for k, v in state_dict(model).items()},
-        str(paths.model),
         metadata={"model": cfg.model.model_dump_json(), "round": str(last_round)},
     )
+    atomic_write_bytes(paths.model, canonical(blob))
     plot_curves(records, paths.curves, f"{cfg.name} ({cfg.strategy.name})")
     last = records[-1]
     summary = RunSummary(

@@ -6,26 +6,7 @@ are re-exported here, where they used to live. Importing this package does not p
 web stack: import ``fedsys.serving.endpoint`` or ``fedsys.serving.runner`` for that.
 """
 
-from fedsys.registry import (
-    ArtifactRejected,
-    AuditLog,
-    Lineage,
-    LoadedModel,
-    ModelManifest,
-    Registry,
-    UnknownArtifact,
-    VersionConflict,
-    canonical_bytes,
-)
+from fedsys import registry as _registry
+from fedsys.registry import *  # noqa: F403  (the names that lived here before the split)
 
-__all__ = [
-    "ArtifactRejected",
-    "AuditLog",
-    "Lineage",
-    "LoadedModel",
-    "ModelManifest",
-    "Registry",
-    "UnknownArtifact",
-    "VersionConflict",
-    "canonical_bytes",
-]
+__all__ = list(_registry.__all__)
