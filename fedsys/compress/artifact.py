@@ -21,6 +21,7 @@ from fedsys.config import ModelConfig
 from fedsys.data.types import DatasetInfo
 from fedsys.errors import ArtifactRejected, ConfigError
 from fedsys.models import build_model
+from fedsys.safetensors_bytes import canonical
 
 VARIANT_FORMAT = "fedsys-variant/1"
 
@@ -40,7 +41,7 @@ def variant_bytes(
         metadata.update(extra)
     else:
         tensors = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-    return bytes(st_save(tensors, metadata=metadata))
+    return canonical(bytes(st_save(tensors, metadata=metadata)))
 
 
 def variant_metadata(data: bytes) -> dict[str, str]:
