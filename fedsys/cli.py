@@ -210,11 +210,27 @@ def serve(
             "version has one; a request picks any with ?variant=.",
         ),
     ] = None,
+    decode_batch: Annotated[
+        int, typer.Option(help="Language models: sequences decoded in one forward pass.")
+    ] = 64,
+    max_sequences: Annotated[
+        int, typer.Option(help="Language models: sequences admitted at once (429 beyond).")
+    ] = 256,
+    max_prompt_tokens: Annotated[
+        int, typer.Option(help="Language models: longest prompt (400 beyond).")
+    ] = 2048,
+    max_total_tokens: Annotated[
+        int,
+        typer.Option(help="Language models: prompt + max_tokens over admitted sequences (429)."),
+    ] = 1 << 17,
 ) -> None:
-    """Serve a model registry over HTTP (publish token: env FEDSYS_PUBLISH_TOKEN)."""
+    """Serve a model registry over HTTP: fedsys's :predict, the Open Inference Protocol (/v2)
+    and, for language models, the OpenAI API (/v1/completions). Publish token: env
+    FEDSYS_PUBLISH_TOKEN."""
     from pydantic import ValidationError
 
     from fedsys.serving.endpoint_settings import ServeSettings
+    from fedsys.serving.generation.limits import GenerationLimits
     from fedsys.serving.runner import free_port, serve_forever
 
     _setup_logging("INFO")
@@ -233,6 +249,12 @@ def serve(
             variant="int8" if int8 else "fp32",
             torch_threads=torch_threads,
             default_variant=variant,
+            generation=GenerationLimits(
+                max_batch=decode_batch,
+                max_sequences=max_sequences,
+                max_prompt_tokens=max_prompt_tokens,
+                max_total_tokens=max_total_tokens,
+            ),
         )
         settings.api_keys()  # an unreadable keys file fails here, not in every worker
     except ValidationError as exc:

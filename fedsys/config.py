@@ -19,6 +19,7 @@ from fedsys.config_section import Section
 from fedsys.defense_config import AttackConfig, DefenseConfig
 from fedsys.defense_config import AttackName as AttackName  # re-exported
 from fedsys.errors import ConfigError
+from fedsys.scale_config import FedBuffConfig, FederatedEvalConfig, PopulationConfig
 from fedsys.strategy_traits import ROBUST_STRATEGIES as ROBUST_STRATEGIES  # re-exported
 from fedsys.strategy_traits import STRATEGY_TRAITS, names_where
 from fedsys.strategy_traits import StrategyName as StrategyName  # re-exported
@@ -42,6 +43,16 @@ class DataConfig(Section):
     synthetic_alpha: float = Field(default=1.0, ge=0, description="FedProx Synthetic(alpha, .)")
     synthetic_beta: float = Field(default=1.0, ge=0, description="FedProx Synthetic(., beta)")
     synthetic_devices: int = Field(default=30, ge=1)
+    synthetic_max_samples: int = Field(
+        default=10_000, ge=2, description="Cut on any Synthetic device's sample count."
+    )
+    synthetic_test_devices: int | None = Field(
+        default=None,
+        ge=1,
+        description="Synthetic: the server's central test set holds the test shares of this "
+        "many devices, spread evenly over the population (default: every device). Bounds the "
+        "server's start-up and memory at large populations.",
+    )
     test_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="Held-out share for datasets without a test split."
     )
@@ -333,6 +344,11 @@ class RuntimeConfig(Section):
         "<fedsys cache>/node-state, and in simulation /dev/shm/fedsys-node-state when every "
         "client's residual (two slots each) fits in a quarter of its free space.",
     )
+    ray_address: str | None = Field(
+        default=None,
+        description="Run the simulation on this existing Ray cluster (e.g. 10.0.0.5:6379, or "
+        "'auto'); default: RAY_ADDRESS if set, else a Ray instance started for the run.",
+    )
     progress: bool = Field(default=True, description="Live rich table per round.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
@@ -353,6 +369,12 @@ class ExperimentConfig(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     compress: CompressConfig = Field(default_factory=CompressConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    population: PopulationConfig = Field(default_factory=PopulationConfig)
+    fedbuff: FedBuffConfig = Field(
+        default_factory=FedBuffConfig,
+        description="Asynchronous buffered aggregation instead of rounds (fedbuff.enabled).",
+    )
+    federated_eval: FederatedEvalConfig = Field(default_factory=FederatedEvalConfig)
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
@@ -404,6 +426,33 @@ class ExperimentConfig(Section):
                 "(set it, e.g. 0.1, or data.public_path)"
             )
         self.data.public_fraction = 0.1
+        return self
+
+    @model_validator(mode="after")
+    def _check_fedbuff(self) -> ExperimentConfig:
+        """FedBuff applies a buffer of example-weighted deltas itself: refuse what cannot be
+        buffered that way, with the reason."""
+        if not self.fedbuff.enabled:
+            return self
+        if self.secagg.enabled:
+            raise ValueError(
+                "fedbuff.enabled: secure aggregation masks one fixed cohort that starts and "
+                "ends together (its pairwise masks cancel only in that cohort's sum), while "
+                "FedBuff's buffer fills with clients that started at different server "
+                "versions; turn one of them off (codec.encrypt still seals each update)"
+            )
+        if self.strategy.name not in ("fedavg", "fedprox") or self.strategy.dp is not None:
+            raise ValueError(
+                f"fedbuff.enabled: strategy {self.strategy.name!r}"
+                f"{' with strategy.dp' if self.strategy.dp is not None else ''} cannot run "
+                "asynchronously; FedBuff applies a staleness-weighted mean of deltas, so use "
+                "strategy.name fedavg or fedprox (server_lr is fedbuff.server_lr)"
+            )
+        if self.fedbuff.concurrency > self.data.num_partitions:
+            raise ValueError(
+                f"fedbuff.concurrency ({self.fedbuff.concurrency}) exceeds data.num_partitions "
+                f"({self.data.num_partitions})"
+            )
         return self
 
     @model_validator(mode="after")

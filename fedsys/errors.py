@@ -174,3 +174,25 @@ class InvalidRequest(RequestRefused):
 
 class BatcherStopped(RequestRefused):
     """The inference thread stopped before the request ran (the endpoint is shutting down)."""
+
+
+class InvalidParameter(RequestRefused):
+    """A generation request's parameter is out of range or of the wrong type (an OpenAI 400:
+    prompt longer than the limit, ``max_tokens`` beyond the context). ``param`` names it."""
+
+    def __init__(self, reason: str, *, param: str | None = None) -> None:
+        super().__init__(reason)
+        self.param = param
+
+
+class CapacityExceeded(RequestRefused):
+    """The endpoint holds as many sequences or reserved tokens as its limits allow (a 429:
+    retry later); refused up front rather than running out of memory."""
+
+
+class GenerationFailed(FedsysError):
+    """The model failed while generating (a server error, 500); ``reason`` says how."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

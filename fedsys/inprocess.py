@@ -23,22 +23,28 @@ CLIENT_APP_RAISED = 2  # flwr.common.constant.ErrorCode.CLIENT_APP_RAISED_EXCEPT
 
 
 class InProcessGrid(Grid):
-    """Nodes ``1..n`` holding partitions ``0..n-1``; replies are computed on push."""
+    """Nodes ``1..n`` holding partitions ``0..n-1``; replies are computed on push.
 
-    def __init__(self, app: ClientApp, num_nodes: int, run_id: int = 1) -> None:
+    ``node_ids``: other node ids, registered in that order (the i-th holds partition i), as
+    Flower's engine gives random ones."""
+
+    def __init__(
+        self, app: ClientApp, num_nodes: int, run_id: int = 1, node_ids: list[int] | None = None
+    ) -> None:
         self._app = app
         self._run = Run.create_empty(run_id)
         # Messages made outside a running Flower app need a task identity (server side: node 0)
         TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = run_id, 1, 0
+        ids = node_ids if node_ids is not None else list(range(1, num_nodes + 1))
         self._contexts = {
             node: Context(
                 run_id=run_id,
                 node_id=node,
-                node_config={"partition-id": node - 1, "num-partitions": num_nodes},
+                node_config={"partition-id": i, "num-partitions": num_nodes},
                 state=RecordDict(),
                 run_config={},
             )
-            for node in range(1, num_nodes + 1)
+            for i, node in enumerate(ids)
         }
         self._replies: dict[str, Message] = {}
 

@@ -12,6 +12,10 @@ AGGREGATOR_KEY = "fedsys.aggregator-key"  # train config: the server's X25519 pu
 GLOBAL_KEY = "fedsys.global"  # train config: the coded global model (codec.downlink != none)
 PAYLOAD_KEY = "payload"  # reply "update" record: an unencrypted wire-format payload
 HELLO_KEY = "hello"  # query reply record entry: a NodeHello as JSON
+# Simulation: the virtual client (data partition) a node plays, assigned by the server so a
+# run's clients never depend on Flower's random node ids or the order nodes registered in.
+CLIENT_KEY = "fedsys.client-key"
+INTRO_RECORD = "hello"  # reply record carrying the node's NodeHello with its first reply(s)
 
 
 class NodeHello(BaseModel):

@@ -35,8 +35,13 @@ def _with_node_state_dir(cfg: ExperimentConfig, info: DatasetInfo) -> Experiment
 
     if cfg.runtime.node_state_dir is not None or not uses_error_feedback(cfg.codec):
         return cfg
+    from fedsys.client.state_budget import budget_bytes, sampled_per_round
+
     params = count_parameters(build_model(cfg.model, info))
-    residual_bytes = 2 * 4 * params * cfg.data.num_partitions  # two float32 slots per client
+    per_client = 2 * 4 * params  # two float32 slots
+    # What the residuals can take at most: every client's, or the budget's cap on them.
+    budget = budget_bytes(cfg.population.state_budget_mb, sampled_per_round(cfg), per_client)
+    residual_bytes = min(per_client * cfg.data.num_partitions, budget)
     chosen = simulation_state_dir(None, residual_bytes)
     if chosen is None:
         return cfg
@@ -59,6 +64,10 @@ def write_example(test: ArrayDataset, out_dir: Path, rows: int = EXAMPLE_ROWS) -
 def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> None:
     """Train ``cfg`` with one virtual SuperNode per data partition; outputs go to ``out_dir``."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    if cfg.runtime.ray_address:
+        # Flower's Ray backend calls ray.init() without an address, which attaches to the
+        # cluster RAY_ADDRESS names (see docs/deployment.md, "Simulation on a Ray cluster").
+        os.environ["RAY_ADDRESS"] = cfg.runtime.ray_address
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     if not sys.stderr.isatty():  # Ray colours its workers' log prefixes: noise in a file
@@ -75,11 +84,12 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
     from flwr.simulation import run_simulation
 
     from fedsys.client.client_app import app as client_app
-    from fedsys.data import load_dataset
+    from fedsys.data import load_test
     from fedsys.server.server_app import Launch, make_server_app
 
-    # Fail on missing or unreadable data here, before Ray and the virtual nodes start.
-    _, test, info = load_dataset(cfg.data, cfg.runtime.seed)
+    # Fail on missing or unreadable data here, before Ray and the virtual nodes start (the
+    # test set only: a generated population's training data is made by its clients).
+    test, info = load_test(cfg.data, cfg.runtime.seed)
     cfg = _with_node_state_dir(cfg, info)
     _quiet_flower(cfg.runtime.log_level)
     backend_config = {

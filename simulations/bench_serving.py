@@ -12,7 +12,9 @@ Every phase is bounded in time. Writes ``simulations/results/bench_serving.json`
       concurrent clients, batching on (max batch 32) vs off (max batch 1): throughput, p50/p99;
   (c) 10,000 requests while 5 new versions are published over HTTP: failed requests;
   (d) int8 vs fp32 serving copy: size on disk, test accuracy, batch-1 latency;
-  (e) 2 workers: time from a publish's answer until both workers serve the new version.
+  (e) 2 workers: time from a publish's answer until both workers serve the new version;
+  (f) the Open Inference Protocol's ``infer`` (JSON and binary tensors) against ``:predict``
+      at batch 1 on the MNIST-1D model, interleaved in blocks: p50/p99 and the p50 ratio.
 """
 
 from __future__ import annotations
@@ -481,6 +483,54 @@ def phase_e(root: Path, key: Ed25519PrivateKey, cfg: ModelConfig, info: Any) -> 
     return {"workers": 2, "poll_interval_s": 0.2, "publishes": rounds}
 
 
+def oip_requests(x: np.ndarray, name: str) -> dict[str, bytes]:
+    """Batch-1 requests for the same rows: fedsys's :predict and the V2 infer (JSON, binary)."""
+    tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32"}
+    v2 = json.dumps({"inputs": [{**tensor, "data": x.reshape(-1).tolist()}],
+                     "outputs": [{"name": "predictions"}]}).encode()  # fmt: skip
+    head = json.dumps(
+        {
+            "inputs": [{**tensor, "parameters": {"binary_data_size": x.nbytes}}],
+            "outputs": [{"name": "predictions", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    binary = encode_request(f"/v2/models/{name}/infer", head + x.tobytes(), "application/json")
+    binary = binary.replace(
+        b"\r\n\r\n", f"\r\nInference-Header-Content-Length: {len(head)}\r\n\r\n".encode(), 1
+    )
+    return {
+        "predict_json": encode_request(
+            f"/v1/models/{name}:predict",
+            json.dumps({"instances": x.tolist()}).encode(),
+            "application/json",
+        ),
+        "v2_infer_json": encode_request(f"/v2/models/{name}/infer", v2, "application/json"),
+        "v2_infer_binary": binary,
+    }
+
+
+def phase_f(root: Path, name: str, n: int, blocks: int = 10) -> dict[str, Any]:
+    """Sequential batch-1 latency of each protocol, in interleaved blocks (drift cancels)."""
+    x = np.random.default_rng(3).standard_normal((1, 40)).astype(np.float32)
+    requests = oip_requests(x, name)
+    lat: dict[str, list[float]] = {k: [] for k in requests}
+    with server(root, "--max-batch-size", "32", "--max-wait-ms", "2") as port:
+        for label, req in requests.items():  # warm every path up
+            asyncio.run(sequential(port, req, 10, warmup=100))
+            del label
+        for _ in range(blocks):
+            for label, req in requests.items():
+                lat[label] += asyncio.run(sequential(port, req, n // blocks, warmup=20))
+    out: dict[str, Any] = {"model": name, "requests_each": n}
+    for label, values in lat.items():
+        out[label] = {"p50_ms": pct(values, 50), "p99_ms": pct(values, 99)}
+    base = out["predict_json"]["p50_ms"]
+    out["p50_ratio_vs_predict"] = {
+        k: out[k]["p50_ms"] / base for k in ("v2_infer_json", "v2_infer_binary")
+    }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="Shorter phases (a smoke run).")
@@ -489,6 +539,11 @@ def main() -> None:
         "--only-batching",
         action="store_true",
         help="Re-measure phase (b) only and replace it in an existing report.",
+    )
+    parser.add_argument(
+        "--only-oip",
+        action="store_true",
+        help="Measure phase (f) only (a random-weight MNIST-1D model) into an existing report.",
     )
     args = parser.parse_args()
     # A terminated benchmark still stops its servers and removes its registries.
@@ -507,6 +562,18 @@ def main() -> None:
     }
     t_start = time.perf_counter()
     key = Ed25519PrivateKey.generate()
+    if args.only_oip:
+        results = json.loads(args.out.read_text()) if args.out.exists() else results
+        with tempfile.TemporaryDirectory(prefix="fedsys-bench-serving-") as tmp:
+            reg = new_registry(Path(tmp) / "reg-oip", key)
+            _, info = load_dataset(DataConfig(), 0)[1:]
+            torch.manual_seed(0)
+            publish(reg, key, "mnist1d", build_model(ModelConfig(), info), ModelConfig(), info)
+            results["f_oip_vs_predict"] = phase_f(reg.root, "mnist1d", 300 if args.quick else 3000)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print("f", json.dumps(results["f_oip_vs_predict"]), flush=True)
+        return
     if args.only_batching:
         results = json.loads(args.out.read_text())
         with tempfile.TemporaryDirectory(prefix="fedsys-bench-serving-") as tmp:
@@ -549,6 +616,9 @@ def main() -> None:
 
         results["e_two_workers_swap"] = phase_e(reg_a.root, key, cfg, info)
         print("e", json.dumps(results["e_two_workers_swap"]), flush=True)
+
+        results["f_oip_vs_predict"] = phase_f(reg_d.root, "mnist1d", n_seq)
+        print("f", json.dumps(results["f_oip_vs_predict"]), flush=True)
     results["wall_seconds"] = time.perf_counter() - t_start
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -106,3 +106,17 @@ def test_a_changed_layout_or_a_damaged_slot_is_handled(tmp_path: Path) -> None:
     assert load_residual(tmp_path, 1, "c").arrays == {}  # error feedback restarts from zeros
     (tmp_path / "1" / "c.slot").write_text("z")
     assert load_residual(tmp_path, 1, "c").arrays == {}
+
+
+def test_residual_budget_evicts_the_least_recently_written(tmp_path: Path) -> None:
+    """Over the budget, the oldest clients' residuals go; the one written stays whole."""
+    import os
+
+    one = Residual.from_arrays({"w": np.ones(256, dtype=np.float32)})  # 1 KiB, 2 KiB per client
+    for i, name in enumerate(["a", "b", "c"]):
+        save_residual(tmp_path, 1, name, one, max_bytes=4096)
+        pointer = tmp_path / "1" / f"{name}.slot"
+        os.utime(pointer, (1000 + i, 1000 + i))  # a deterministic order of use
+    assert load_residual(tmp_path, 1, "a").arrays == {}  # evicted for "c"
+    np.testing.assert_array_equal(load_residual(tmp_path, 1, "c").arrays["w"], one.arrays["w"])
+    np.testing.assert_array_equal(load_residual(tmp_path, 1, "b").arrays["w"], one.arrays["w"])

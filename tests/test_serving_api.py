@@ -398,7 +398,7 @@ def test_readyz_waits_for_a_model(tmp_path: Path) -> None:
     with TestClient(create_app(settings(root))) as c:
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").status_code == 503
-        assert c.get("/v1/models").json() == {"models": []}
+        assert c.get("/v1/models").json() == {"object": "list", "data": [], "models": []}
         publish(Registry(root), key, seed=1)
         _wait_for(lambda: c.get("/readyz").status_code == 200, "readiness")
         assert c.get("/readyz").json()["models"] == [NAME]

@@ -18,22 +18,27 @@ from torch import nn
 
 from fedsys.client import secagg_handler
 from fedsys.client.attack import attack_for
+from fedsys.client.holdout import holdout_mask
 from fedsys.client.node_config import NodeConfig
 from fedsys.client.node_state import state_root
 from fedsys.client.outbound import encode_delta, signing_key
+from fedsys.client.state_budget import budget_bytes, sampled_per_round
+from fedsys.client.virtual import client_id, partition_id
 from fedsys.codec.downlink import decode_global
 from fedsys.config import ExperimentConfig
 from fedsys.crypto import RoundBinding
 from fedsys.crypto.keys import public_to_raw, signing_key_from_pem
-from fedsys.data import client_partition, load_dataset
+from fedsys.data import client_partition, client_test_partition, dataset_info
 from fedsys.errors import FedsysError
 from fedsys.memory import keep_freed_memory
 from fedsys.models import build_model
 from fedsys.protocol import (
     AGGREGATOR_KEY,
+    CLIENT_KEY,
     CONFIG_KEY,
     GLOBAL_KEY,
     HELLO_KEY,
+    INTRO_RECORD,
     SEED_KEY,
     NodeHello,
     record_number,
@@ -67,12 +72,7 @@ def _model(config_json: str, seed: int) -> nn.Module:
     torch.set_num_threads(cfg.runtime.torch_threads)
     if cfg.runtime.reuse_freed_memory:
         keep_freed_memory()
-    _, _, info = load_dataset(cfg.data, seed)
-    return build_model(cfg.model, info)
-
-
-def _partition_id(context: Context) -> int:
-    return NodeConfig.parse(context.node_config).partition_id
+    return build_model(cfg.model, dataset_info(cfg.data, seed))
 
 
 @lru_cache(maxsize=4)
@@ -85,19 +85,45 @@ def _file_tensors(path: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _local_tensors(
-    config_json: str, seed: int, context: Context
+    config_json: str, seed: int, context: Context, pid: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``data-path`` from the node config (deployed), else this node's partition."""
-    node = NodeConfig.parse(context.node_config)
-    if node.data_path is not None:
-        return _file_tensors(node.data_path)
-    return _partition_tensors(config_json, seed, node.partition_id)
+    """``data-path`` from the node config (deployed), else partition ``pid``."""
+    data_path = NodeConfig.parse(context.node_config).data_path
+    if data_path is not None:
+        return _file_tensors(data_path)
+    return _partition_tensors(config_json, seed, pid)
 
 
-def _client_id(context: Context) -> str:
-    """A stable name for this node's signing identity (``client-id`` in the node config)."""
-    node = NodeConfig.parse(context.node_config)
-    return node.client_id if node.client_id is not None else f"sim-{node.partition_id}"
+@lru_cache(maxsize=64)
+def _own_test_tensors(
+    config_json: str, seed: int, pid: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    test = client_test_partition(_parse_config(config_json).data, seed, pid)
+    return None if test is None else (torch.from_numpy(test.x), torch.from_numpy(test.y))
+
+
+def _split_tensors(
+    config_json: str, seed: int, context: Context, pid: int, *, held_out: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The client's training data (``held_out`` False) or its own evaluation data (True).
+
+    Without federated evaluation the client trains (and, if asked, evaluates) on everything
+    it holds. With it, the evaluation data is the client's own test share where the dataset
+    has one, else a seeded share of its partition that it never trains on
+    (``fedsys.client.holdout``).
+    """
+    cfg = _parse_config(config_json)
+    fed = cfg.federated_eval
+    x, y = _local_tensors(config_json, seed, context, pid)
+    if not fed.enabled:  # nothing held out: an evaluation request sees the local data
+        return x, y
+    deployed = NodeConfig.parse(context.node_config).data_path is not None
+    own = None if deployed else _own_test_tensors(config_json, seed, pid)
+    if own is not None:
+        return own if held_out else (x, y)
+    mask = torch.from_numpy(holdout_mask(len(y), fed.holdout_fraction, seed, pid))
+    keep = mask if held_out else ~mask
+    return x[keep], y[keep]
 
 
 def _straggler_work(cfg: ExperimentConfig, seed: int, rnd: int, partition_id: int) -> float:
@@ -135,14 +161,20 @@ def _global_state(
     return arrays.to_torch_state_dict()
 
 
+def _state_budget(cfg: ExperimentConfig, delta: dict[str, torch.Tensor]) -> int:
+    """Bytes all clients' error-feedback residuals may take together on this node's disk."""
+    residual = 2 * 4 * sum(t.numel() for t in delta.values())  # two float32 slots
+    return budget_bytes(cfg.population.state_budget_mb, sampled_per_round(cfg), residual)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train on the local partition and reply with ``local - global`` plus metrics."""
     config_json, seed, arrays, config = _received(msg)
     cfg = _parse_config(config_json)
     rnd = int(record_number(config, "server-round"))
-    pid = _partition_id(context)
-    x, y = _local_tensors(config_json, seed, context)
+    pid = partition_id(context, config)
+    x, y = _split_tensors(config_json, seed, context, pid, held_out=False)
     model = _model(config_json, seed)
     global_state = _global_state(model, arrays, config)
     model.load_state_dict(global_state)
@@ -180,13 +212,14 @@ def train(msg: Message, context: Context) -> Message:
         delta,
         cfg.codec,
         context,
-        client_id=_client_id(context),
+        client_id=client_id(context, config),
         aggregator_key=aggregator_key if isinstance(aggregator_key, bytes) else None,
         binding=RoundBinding(run_id=context.run_id, round=rnd, node_id=context.node_id),
         seed=seed,
         state_dir=state_root(cfg.runtime.node_state_dir),
         num_examples=stated,
         rewrite=(lambda p: attack.rewrite_payload(p, delta, stated)) if attack else None,
+        state_budget=_state_budget(cfg, delta),
     )
     record = attack.replace_record(outbound.record) if attack else outbound.record
     metrics = MetricRecord(
@@ -200,17 +233,20 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     content = RecordDict({"update": record, "metrics": metrics})
+    if CLIENT_KEY in config:  # simulation: introduce this client with its reply
+        content[INTRO_RECORD] = _introduction(msg, context, config)
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
-    """Evaluate the received global model on the local partition."""
-    config_json, seed, arrays, _ = _received(msg)
+    """Evaluate the received global model on this client's own held-out data."""
+    config_json, seed, arrays, config = _received(msg)
     cfg = _parse_config(config_json)
-    x, y = _local_tensors(config_json, seed, context)
+    pid = partition_id(context, config)
+    x, y = _split_tensors(config_json, seed, context, pid, held_out=True)
     model = _model(config_json, seed)
-    model.load_state_dict(arrays.to_torch_state_dict())
+    model.load_state_dict(_global_state(model, arrays, config))
     res = evaluate(
         model, x, y, batch_size=cfg.train.eval_batch_size, device=select_device(cfg.train.device)
     )
@@ -243,21 +279,27 @@ def _declared_examples(msg: Message, context: Context) -> int | None:
         return None
     config_json, seed = record_text(config, CONFIG_KEY), int(record_number(config, SEED_KEY))
     try:
-        _, y = _local_tensors(config_json, seed, context)
+        pid = partition_id(context, config)
+        _, y = _split_tensors(config_json, seed, context, pid, held_out=False)
     except (FedsysError, OSError, ValueError):
         return None  # the train handler reports the data problem; the hello still answers
     return len(y)
 
 
-@app.query()
-def describe(msg: Message, context: Context) -> Message:
-    """Introduce this node: its partition (a stable label) and its update-signing key."""
+def _introduction(msg: Message, context: Context, config: ConfigRecord | None) -> ConfigRecord:
+    """This node's NodeHello: its partition (a stable label) and its update-signing key."""
     public = signing_key_from_pem(signing_key(context)).public_key()
     hello = NodeHello(
-        partition_id=_partition_id(context),
-        client_id=_client_id(context),
+        partition_id=partition_id(context, config),
+        client_id=client_id(context, config),
         signing_key=public_to_raw(public).hex(),
         num_examples=_declared_examples(msg, context),
     )
-    record = ConfigRecord({HELLO_KEY: hello.model_dump_json()})
-    return Message(content=RecordDict({"hello": record}), reply_to=msg)
+    return ConfigRecord({HELLO_KEY: hello.model_dump_json()})
+
+
+@app.query()
+def describe(msg: Message, context: Context) -> Message:
+    """Introduce this node (the deployed start-up hello)."""
+    record = _introduction(msg, context, msg.content.config_records.get("config"))
+    return Message(content=RecordDict({INTRO_RECORD: record}), reply_to=msg)

@@ -18,11 +18,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 
 from fedsys.client.mapped_safetensors import map_arrays, overwrite_arrays
+from fedsys.client.state_budget import StoredState, to_evict
 from fedsys.codec import Residual
 from fedsys.data.cache import resolve_cache_dir
 from fedsys.errors import CodecError
@@ -89,10 +91,20 @@ def load_residual(root: Path, run_id: int, client_id: str) -> Residual:
         return Residual()
 
 
-def save_residual(root: Path, run_id: int, client_id: str, residual: Residual) -> None:
-    """Write ``residual`` into the slot that is not current, then make it current."""
+def save_residual(
+    root: Path, run_id: int, client_id: str, residual: Residual, *, max_bytes: int | None = None
+) -> None:
+    """Write ``residual`` into the slot that is not current, then make it current.
+
+    With ``max_bytes``, the least recently written other clients' residuals are removed
+    first until this one fits (``fedsys.client.state_budget``: they restart from zero)."""
     stem = _stem(root, run_id, client_id)
     stem.parent.mkdir(parents=True, exist_ok=True)
+    if max_bytes is not None:
+        nbytes = 2 * sum(a.nbytes for a in residual.arrays.values())  # both slots
+        incoming = StoredState(stem.name, nbytes, time.time())
+        for name in to_evict(_stored(stem.parent), incoming, max_bytes):
+            _remove(stem.parent / name)
     target = "b" if _current_slot(stem) == "a" else "a"
     path = _slot_file(stem, target)
     arrays = {name: np.require(a, requirements="C") for name, a in residual.arrays.items()}
@@ -104,6 +116,29 @@ def save_residual(root: Path, run_id: int, client_id: str, residual: Residual) -
     tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}.tmp")
     tmp.write_text(target)
     os.replace(tmp, pointer)
+
+
+def _stored(run_dir: Path) -> list[StoredState]:
+    """Every client's residual files in a run's directory: size (both slots) and when its
+    slot pointer was last written."""
+    found = []
+    for pointer in run_dir.glob("*.slot"):
+        name = pointer.name[: -len(".slot")]
+        try:
+            used = pointer.stat().st_mtime
+            size = sum(
+                f.stat().st_size for s in SLOTS if (f := _slot_file(run_dir / name, s)).exists()
+            )
+        except OSError:
+            continue  # removed meanwhile by another worker
+        found.append(StoredState(name, size, used))
+    return found
+
+
+def _remove(stem: Path) -> None:
+    """Drop one client's residual (pointer first, so a reader sees none rather than half)."""
+    for path in (stem.with_name(f"{stem.name}.slot"), *(_slot_file(stem, s) for s in SLOTS)):
+        path.unlink(missing_ok=True)
 
 
 def drop_run(root: Path, run_id: int) -> None:

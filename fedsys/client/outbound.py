@@ -8,6 +8,7 @@ model, too large to ride in ``context.state``, which Flower ships with every mes
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,20 +84,24 @@ def encode_delta(
     state_dir: Path,
     num_examples: int | None = None,
     rewrite: Callable[[bytes], bytes] | None = None,
+    state_budget: int | None = None,
 ) -> Outbound:
     """Encode (and, when configured, seal) ``delta``; updates the stored residual.
 
     ``num_examples`` (the aggregation weight) is written into the payload, so the envelope
     authenticates it with the values; the server reads it from there. ``rewrite`` replaces
-    the payload before sealing (simulated attacks only)."""
+    the payload before sealing (simulated attacks only). ``state_budget``: bytes all clients'
+    residuals together may take on this node's disk (``fedsys.client.state_budget``)."""
     start = time.perf_counter()
     residual = (
         load_residual(state_dir, binding.run_id, client_id) if uses_error_feedback(cfg) else None
     )
     generator = None
     if cfg.stochastic_rounding:
+        # Seeded by the client's stable name, not Flower's random node id: the same seed
+        # rounds the same way in every run.
         generator = torch.Generator().manual_seed(
-            derive_seed(seed, binding.round, binding.node_id, 11)
+            derive_seed(seed, binding.round, zlib.crc32(client_id.encode()), 11)
         )
     encoded = encode_update(
         delta,
@@ -106,7 +111,9 @@ def encode_delta(
         num_examples=num_examples,
     )
     if encoded.residual is not None:
-        save_residual(state_dir, binding.run_id, client_id, encoded.residual)
+        save_residual(
+            state_dir, binding.run_id, client_id, encoded.residual, max_bytes=state_budget
+        )
     payload = rewrite(encoded.payload) if rewrite is not None else encoded.payload
     if not cfg.encrypt:
         record = ConfigRecord({PAYLOAD_KEY: payload})

@@ -3,8 +3,11 @@
 from fedsys.data.catalog import (
     clear_memo,
     client_partition,
+    client_test_partition,
+    dataset_info,
     load_dataset,
     load_public,
+    load_test,
     partition_indices,
 )
 from fedsys.data.partition import dirichlet, iid, natural, shards
@@ -15,10 +18,13 @@ __all__ = [
     "DatasetInfo",
     "clear_memo",
     "client_partition",
+    "client_test_partition",
+    "dataset_info",
     "dirichlet",
     "iid",
     "load_dataset",
     "load_public",
+    "load_test",
     "natural",
     "partition_indices",
     "shards",

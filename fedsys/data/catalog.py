@@ -18,7 +18,12 @@ from fedsys.data.mnist1d import MNIST1D_INFO, load_mnist1d
 from fedsys.data.partition import dirichlet, iid, natural, public_share, shards
 from fedsys.data.public import read_public_npz
 from fedsys.data.readers import read_cifar10, read_idx_dataset
-from fedsys.data.synthetic import SYNTHETIC_INFO, make_synthetic
+from fedsys.data.synthetic import (
+    SYNTHETIC_INFO,
+    make_synthetic,
+    synthetic_device,
+    synthetic_test,
+)
 from fedsys.data.types import ArrayDataset, DatasetInfo, IndexArray
 from fedsys.errors import DataError
 
@@ -29,7 +34,9 @@ _LOCK = threading.RLock()
 # a sweep in one process from holding every dataset it ever touched.
 _MAX_DATASETS = 4
 _MAX_SPLITS = 16
-_MAX_CLIENTS = 4096
+# Per-client subsets kept per process: a worker plays a few clients per round, and a
+# population of 10,000 must not leave 10,000 subsets (or 4,096) in every worker.
+_MAX_CLIENTS = 256
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,8 @@ class _DataKey:
     path: Path | None = None
     cache_dir: Path | None = None
     seed: int | None = None
-    synthetic: tuple[float, float, int, float] | None = None
+    synthetic: tuple[float, float, int, float, int] | None = None
+    test_devices: int | None = None  # Synthetic: devices in the central test set
     public_fraction: float = 0.0
 
 
@@ -62,8 +70,20 @@ def _data_key(cfg: DataConfig, seed: int) -> _DataKey:
     if cfg.name == "mnist1d":
         return _DataKey(cfg.name, cache_dir=cfg.cache_dir, public_fraction=held_out)
     if cfg.name == "synthetic":
-        params = (cfg.synthetic_alpha, cfg.synthetic_beta, cfg.synthetic_devices, cfg.test_fraction)
-        return _DataKey(cfg.name, seed=seed, synthetic=params, public_fraction=held_out)
+        params = (
+            cfg.synthetic_alpha,
+            cfg.synthetic_beta,
+            cfg.synthetic_devices,
+            cfg.test_fraction,
+            cfg.synthetic_max_samples,
+        )
+        return _DataKey(
+            cfg.name,
+            seed=seed,
+            synthetic=params,
+            test_devices=cfg.synthetic_test_devices,
+            public_fraction=held_out,
+        )
     if cfg.path is None:
         raise DataError(f"data.path is required for data.name={cfg.name!r}")
     path = Path(cfg.path).expanduser().resolve()
@@ -101,8 +121,8 @@ def _read(key: _DataKey) -> Loaded:
         train, test = load_mnist1d(key.cache_dir)
         return train, test, MNIST1D_INFO
     if key.name == "synthetic" and key.synthetic is not None and key.seed is not None:
-        alpha, beta, devices, test_fraction = key.synthetic
-        train, test = make_synthetic(alpha, beta, devices, test_fraction, key.seed)
+        alpha, beta, devices, test_fraction, max_samples = key.synthetic
+        train, test = make_synthetic(alpha, beta, devices, test_fraction, key.seed, max_samples)
         return train, test, SYNTHETIC_INFO
     if key.name in ("mnist", "fashion_mnist") and key.path is not None:
         return read_idx_dataset(key.path)
@@ -129,6 +149,11 @@ def load_public(cfg: DataConfig, seed: int) -> ArrayDataset:
         return read_public_npz(Path(cfg.public_path).expanduser())
     if cfg.public_fraction <= 0:
         raise DataError("no public split: set data.public_fraction (e.g. 0.1) or data.public_path")
+    if _is_per_device(cfg):
+        raise DataError(
+            "data.public_fraction cannot hold back rows of Synthetic made device by device "
+            "(partitioner 'natural'); give the server its own rows with data.public_path"
+        )
     key = _data_key(cfg, seed)
     with _LOCK:
         train, _, _ = _read(key)
@@ -170,20 +195,78 @@ def _client(data: _DataKey, split: _SplitKey, partition_id: int) -> ArrayDataset
     return train.subset(_split(data, split)[partition_id])
 
 
-def client_partition(cfg: DataConfig, seed: int, partition_id: int) -> ArrayDataset:
-    """Client ``partition_id``'s training subset, memoised for the life of the process."""
+@functools.lru_cache(maxsize=_MAX_CLIENTS)
+def _device(data: _DataKey, device: int) -> tuple[ArrayDataset, ArrayDataset]:
+    if data.synthetic is None or data.seed is None:
+        raise DataError(f"dataset {data.name!r} has no per-device generator")
+    alpha, beta, _, test_fraction, max_samples = data.synthetic
+    return synthetic_device(alpha, beta, device, test_fraction, data.seed, max_samples)
+
+
+def _is_per_device(cfg: DataConfig) -> bool:
+    """Synthetic split by device: each client's data is made alone (O(1) in the population)."""
+    return cfg.name == "synthetic" and cfg.partitioner == "natural"
+
+
+def _check_partition(cfg: DataConfig, partition_id: int) -> None:
     if not 0 <= partition_id < cfg.num_partitions:
         raise DataError(
             f"partition_id {partition_id} is outside 0..{cfg.num_partitions - 1} "
             f"(data.num_partitions={cfg.num_partitions})"
         )
+
+
+def client_partition(cfg: DataConfig, seed: int, partition_id: int) -> ArrayDataset:
+    """Client ``partition_id``'s training subset, memoised for the life of the process."""
+    _check_partition(cfg, partition_id)
     with _LOCK:
+        if _is_per_device(cfg):
+            return _device(_data_key(cfg, seed), partition_id)[0]
         return _client(_data_key(cfg, seed), _split_key(cfg, seed), partition_id)
+
+
+def client_test_partition(cfg: DataConfig, seed: int, partition_id: int) -> ArrayDataset | None:
+    """The client's own test share where the dataset gives each client one (Synthetic by
+    device), else None (the client holds out part of its partition instead)."""
+    _check_partition(cfg, partition_id)
+    if not _is_per_device(cfg):
+        return None
+    with _LOCK:
+        return _device(_data_key(cfg, seed), partition_id)[1]
+
+
+def load_test(cfg: DataConfig, seed: int) -> tuple[ArrayDataset, DatasetInfo]:
+    """(test, info): the server's held-out set without keeping the training set (Synthetic
+    is made one device at a time; other datasets are loaded, and memoised, whole)."""
+    if cfg.name == "synthetic":
+        with _LOCK:
+            return _synthetic_test(_data_key(cfg, seed)), SYNTHETIC_INFO
+    _, test, info = load_dataset(cfg, seed)
+    return test, info
+
+
+@functools.lru_cache(maxsize=_MAX_DATASETS)
+def _synthetic_test(key: _DataKey) -> ArrayDataset:
+    if key.synthetic is None or key.seed is None:
+        raise DataError(f"dataset {key.name!r} is not generated")
+    alpha, beta, devices, test_fraction, max_samples = key.synthetic
+    return synthetic_test(
+        alpha, beta, devices, test_fraction, key.seed, max_samples, key.test_devices
+    )
+
+
+def dataset_info(cfg: DataConfig, seed: int) -> DatasetInfo:
+    """Input shape and classes, without loading generated data that does not need it."""
+    if cfg.name == "synthetic":
+        return SYNTHETIC_INFO
+    return load_dataset(cfg, seed)[2]
 
 
 def clear_memo() -> None:
     """Forget every memoised dataset and split (for tests and long-lived processes)."""
     with _LOCK:
         _client.cache_clear()
+        _device.cache_clear()
+        _synthetic_test.cache_clear()
         _split.cache_clear()
         _load.cache_clear()

@@ -5,11 +5,15 @@ Each device k has its own softmax-regression model and its own input distributio
 differ. The generator follows the paper and the authors' reference script
 (``generate_synthetic.py`` in the FedProx repository):
 
-* sizes n_k ~ lognormal(4, 2) + 50 (power law), cut at ``MAX_DEVICE_SAMPLES``;
+* sizes n_k ~ lognormal(4, 2) + 50 (power law), cut at ``MAX_DEVICE_SAMPLES`` (or
+  ``data.synthetic_max_samples``);
 * u_k ~ N(0, alpha), W_k ~ N(u_k, 1) (60 x 10), b_k ~ N(u_k, 1);
 * B_k ~ N(0, beta), v_k ~ N(B_k, 1) (60), x ~ N(v_k, Sigma), Sigma_jj = j^-1.2;
 * y = argmax(softmax(W_k x + b_k)), computed as argmax(W_k x + b_k) since softmax is
   monotone.
+
+Each device draws from its own generator, seeded by (seed, device index), so a client can
+make its own device's data alone (see ``synthetic_device``).
 
 As in the reference script, ``alpha`` and ``beta`` are used as standard deviations (the
 paper writes N(0, alpha); the two agree for the usual settings 0 and 1).
@@ -32,10 +36,10 @@ MAX_DEVICE_SAMPLES = 10_000
 SYNTHETIC_INFO = DatasetInfo(input_shape=(NUM_FEATURES,), num_classes=NUM_CLASSES)
 
 
-def device_sizes(rng: np.random.Generator, devices: int) -> npt.NDArray[np.int64]:
-    """Power-law sample counts per device, as in the reference script."""
-    raw = rng.lognormal(mean=4.0, sigma=2.0, size=devices).astype(np.int64)
-    return np.minimum(raw + MIN_DEVICE_SAMPLES, MAX_DEVICE_SAMPLES)
+def device_size(rng: np.random.Generator, max_samples: int = MAX_DEVICE_SAMPLES) -> int:
+    """A power-law sample count for one device, as in the reference script."""
+    raw = int(rng.lognormal(mean=4.0, sigma=2.0))
+    return min(raw + MIN_DEVICE_SAMPLES, max_samples)
 
 
 def _device_samples(
@@ -52,37 +56,82 @@ def _device_samples(
     return x.astype(np.float32), y.astype(np.int64)
 
 
+def _check(devices: int, test_fraction: float) -> None:
+    if devices < 1:
+        raise DataError(f"data.synthetic_devices must be >= 1, got {devices}")
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"data.test_fraction must be in (0, 1), got {test_fraction}")
+
+
+def synthetic_device(
+    alpha: float,
+    beta: float,
+    device: int,
+    test_fraction: float,
+    seed: int,
+    max_samples: int = MAX_DEVICE_SAMPLES,
+) -> tuple[ArrayDataset, ArrayDataset]:
+    """Device ``device``'s train and test share, from its own generator.
+
+    Everything about a device (size, u_k, B_k, model, samples) is drawn from a generator
+    seeded by (seed, device), so one device costs the same to make whatever the population:
+    a simulated client generates only its own data, never the other N - 1 devices'.
+    Each device keeps ``round(test_fraction * n_k)`` samples for testing, but at least one
+    (so every client can be evaluated on its own distribution) and at most n_k - 1.
+    """
+    rng = np.random.default_rng([seed, device])
+    n = device_size(rng, max_samples)
+    u = float(rng.normal(0.0, alpha)) if alpha > 0 else 0.0
+    big_b = float(rng.normal(0.0, beta)) if beta > 0 else 0.0
+    x, y = _device_samples(rng, u, big_b, n)
+    groups = np.full(n, device, dtype=np.int64)
+    n_train = n - min(n - 1, max(1, round(test_fraction * n)))
+    return (
+        ArrayDataset(x[:n_train], y[:n_train], groups[:n_train]),
+        ArrayDataset(x[n_train:], y[n_train:], groups[n_train:]),
+    )
+
+
 def make_synthetic(
     alpha: float,
     beta: float,
     devices: int,
     test_fraction: float,
     seed: int,
+    max_samples: int = MAX_DEVICE_SAMPLES,
 ) -> tuple[ArrayDataset, ArrayDataset]:
-    """Train and test sets with ``groups`` = device index; each device keeps a test share.
-
-    Every device keeps ``round(test_fraction * n_k)`` samples for testing, but at least one
-    (so every client can be evaluated on its own distribution) and at most n_k - 1.
-    """
-    if devices < 1:
-        raise DataError(f"data.synthetic_devices must be >= 1, got {devices}")
-    if not 0.0 < test_fraction < 1.0:
-        raise DataError(f"data.test_fraction must be in (0, 1), got {test_fraction}")
-    rng = np.random.default_rng(seed)
-    sizes = device_sizes(rng, devices)
-    u = rng.normal(0.0, alpha, size=devices)
-    big_b = rng.normal(0.0, beta, size=devices)
-
+    """Train and test sets of all devices, ``groups`` = device index."""
+    _check(devices, test_fraction)
     train: list[ArrayDataset] = []
     test: list[ArrayDataset] = []
     for k in range(devices):
-        n = int(sizes[k])
-        x, y = _device_samples(rng, float(u[k]), float(big_b[k]), n)
-        groups = np.full(n, k, dtype=np.int64)
-        n_train = n - min(n - 1, max(1, round(test_fraction * n)))
-        train.append(ArrayDataset(x[:n_train], y[:n_train], groups[:n_train]))
-        test.append(ArrayDataset(x[n_train:], y[n_train:], groups[n_train:]))
+        tr, te = synthetic_device(alpha, beta, k, test_fraction, seed, max_samples)
+        train.append(tr)
+        test.append(te)
     return _concatenate(train), _concatenate(test)
+
+
+def synthetic_test(
+    alpha: float,
+    beta: float,
+    devices: int,
+    test_fraction: float,
+    seed: int,
+    max_samples: int = MAX_DEVICE_SAMPLES,
+    sample_devices: int | None = None,
+) -> ArrayDataset:
+    """The test shares of all devices, or of ``sample_devices`` of them spread evenly over
+    the population (the server's held-out set), made one device at a time: the training
+    samples are never all in memory together."""
+    _check(devices, test_fraction)
+    chosen: list[int] = list(range(devices))
+    if sample_devices is not None and sample_devices < devices:
+        chosen = sorted(
+            {round(i * (devices - 1) / max(sample_devices - 1, 1)) for i in range(sample_devices)}
+        )
+    return _concatenate(
+        [synthetic_device(alpha, beta, k, test_fraction, seed, max_samples)[1] for k in chosen]
+    )
 
 
 def _concatenate(parts: list[ArrayDataset]) -> ArrayDataset:

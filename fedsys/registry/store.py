@@ -46,7 +46,13 @@ from fedsys.models import build_model
 from fedsys.registry.audit import AuditLog
 from fedsys.registry.int8_copy import int8_from_bytes, int8_to_bytes, quantize_int8
 from fedsys.registry.signatures import sign_manifest, verify_manifest
-from fedsys.registry.version_manifest import Lineage, ModelManifest, check_name, parse_manifest
+from fedsys.registry.version_manifest import (
+    LanguageModelVersion,
+    Lineage,
+    ModelManifest,
+    check_name,
+    parse_manifest,
+)
 
 log = logging.getLogger("fedsys")
 
@@ -75,7 +81,7 @@ class _Verified:
     manifest: ModelManifest
     weights: bytes
     int8: bytes | None
-    module: nn.Module  # fp32, weights loaded
+    module: nn.Module | None  # fp32, weights loaded; None for a language model
 
 
 def sha256_hex(data: bytes) -> str:
@@ -209,21 +215,25 @@ class Registry:
         activate: bool = True,
         version: int | None = None,
         int8_weights: bytes | None = None,
+        language_model: LanguageModelVersion | None = None,
     ) -> ModelManifest:
         """Sign and store a new version (default number: latest + 1), then activate it.
 
         ``int8_weights`` (from :func:`fedsys.registry.int8_copy.int8_to_bytes`) spares a second
         quantization when the caller already made the copy; ``int8_copy`` makes one otherwise.
+        A language model (``language_model`` set) is checked against its base when loaded,
+        not here: ``input_shape`` is then ``[context length]``, ``num_classes`` the vocabulary.
         """
         existing = self.version_numbers(name)
         latest = existing[-1] if existing else None
         if version is None:
             version = (latest or 0) + 1
         blob = bytes(np_save({k: np.ascontiguousarray(v) for k, v in weights.items()}))
-        # The weights must load into the described model, or the version could never serve.
-        fp32 = _with_weights(build_module(model, input_shape, num_classes), blob)
-        if int8_copy and int8_weights is None:
-            int8_weights = int8_to_bytes(quantize_int8(fp32))
+        if language_model is None:
+            # The weights must load into the described model, or the version could never serve.
+            fp32 = _with_weights(build_module(model, input_shape, num_classes), blob)
+            if int8_copy and int8_weights is None:
+                int8_weights = int8_to_bytes(quantize_int8(fp32))
         manifest = ModelManifest(
             name=name,
             version=version,
@@ -237,6 +247,7 @@ class Registry:
             created_at=datetime.now(UTC),
             previous_version=latest,
             lineage=lineage,
+            language_model=language_model,
         )
         data, signature = sign_manifest(manifest, signing_key)
         self._store(manifest, data, signature, blob, int8_weights)
@@ -357,6 +368,8 @@ class Registry:
                 raise ArtifactRejected(f"{name} v{manifest.version}: int8 weights missing")
             if sha256_hex(int8_weights) != manifest.int8_sha256:
                 raise ArtifactRejected(f"{name} v{manifest.version}: int8 weights sha256 mismatch")
+        if manifest.language_model is not None:  # checked against its base when loaded
+            return _Verified(manifest, weights, int8_weights, None)
         # Structure: the weights must load into the described model (fails before serving).
         return _Verified(
             manifest, weights, int8_weights, _with_weights(manifest_module(manifest), weights)
@@ -394,6 +407,10 @@ class Registry:
         """Verify, then rebuild ``name`` v``version`` as a module in eval mode."""
         try:
             checked = self._read_verified(name, version, trusted)
+            if checked.module is None:
+                raise ArtifactRejected(
+                    f"{name} v{version} is a language model: serve it with read_weights"
+                )
             if variant == "int8":
                 if checked.int8 is None:
                     raise ArtifactRejected(f"{name} v{version} has no int8 copy")
@@ -404,6 +421,18 @@ class Registry:
             self._refused("load", name, version, exc.reason)
             raise
         return LoadedModel(checked.manifest, module.eval(), variant)
+
+    def read_weights(
+        self, name: str, version: int, trusted: Ed25519PublicKey
+    ) -> tuple[ModelManifest, bytes]:
+        """The verified manifest and weight bytes of a version (signature and sha256 checked;
+        what they hold is for the caller to load: a language model's adapter or weights)."""
+        try:
+            checked = self._read_verified(name, version, trusted)
+        except ArtifactRejected as exc:
+            self._refused("load", name, version, exc.reason)
+            raise
+        return checked.manifest, checked.weights
 
     def activate(self, name: str, version: int, trusted: Ed25519PublicKey) -> ModelManifest:
         """Verify ``version`` and point ``active`` at it; the pointer is untouched on failure."""

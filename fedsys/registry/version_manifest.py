@@ -12,7 +12,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedsys.errors import ArtifactRejected
 
@@ -43,6 +43,33 @@ class Lineage(BaseModel):
     run_id: str | None = None
 
 
+class LanguageModelVersion(BaseModel):
+    """What a language-model version is: a LoRA adapter over a base, or merged weights.
+
+    The version's ``model.safetensors`` holds the adapter's tensors (peft's names, as
+    ``get_peft_model_state_dict`` returns them) when ``kind`` is ``adapter``, or every tensor
+    of the model when ``merged``. The base is a Hugging Face causal-LM directory (config,
+    weights, tokenizer), named by ``base`` (absolute, or relative to the registry root) and
+    proven by ``base_sha256`` (sha256 over its tensors, see ``fedsys.registry.lm_base``);
+    a merged version takes its architecture and tokenizer from the base directory.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["adapter", "merged"]
+    base: str = Field(min_length=1, description="Hugging Face base directory.")
+    base_sha256: str = Field(pattern=SHA256_HEX)
+    adapter_config: dict[str, Any] | None = Field(
+        default=None, description="peft LoraConfig.to_dict() of an adapter version."
+    )
+
+    @model_validator(mode="after")
+    def _adapter_has_config(self) -> LanguageModelVersion:
+        if (self.kind == "adapter") != (self.adapter_config is not None):
+            raise ValueError("adapter_config is required for kind 'adapter' and only then")
+        return self
+
+
 class ModelManifest(BaseModel):
     """``manifest.json`` of one registry version."""
 
@@ -61,6 +88,11 @@ class ModelManifest(BaseModel):
     created_at: datetime
     previous_version: int | None = Field(default=None, ge=1)
     lineage: Lineage
+    language_model: LanguageModelVersion | None = Field(
+        default=None,
+        description="Set for a causal language model (input_shape: [context length], "
+        "num_classes: vocabulary size); served by /v1/completions, not :predict.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -80,7 +112,10 @@ class ModelManifest(BaseModel):
 
 def canonical_bytes(m: ModelManifest) -> bytes:
     """The exact bytes written to ``manifest.json`` and signed: sorted keys, 2-space indent."""
-    return (json.dumps(m.model_dump(mode="json"), sort_keys=True, indent=2) + "\n").encode()
+    data = m.model_dump(mode="json")
+    if data.get("language_model") is None:  # a classifier's manifest reads as it always did
+        data.pop("language_model", None)
+    return (json.dumps(data, sort_keys=True, indent=2) + "\n").encode()
 
 
 def parse_manifest(data: bytes) -> ModelManifest:

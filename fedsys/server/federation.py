@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 from fedsys.codec import UpdatePolicy
 from fedsys.config import ExperimentConfig
 from fedsys.crypto import AggregatorKeys, generate_exchange_key
-from fedsys.data import load_dataset
+from fedsys.data import load_test
 from fedsys.models import build_model, count_parameters
 from fedsys.registry.publisher import Publisher
 from fedsys.server.checkpointer import Checkpointer
@@ -72,7 +72,7 @@ def prepare_federation(
     """
     paths = RunPaths(out_dir)
     seed = cfg.runtime.seed
-    _, test, info = load_dataset(cfg.data, seed)
+    test, info = load_test(cfg.data, seed)  # a generated population's clients make the rest
     test_x, test_y = torch.from_numpy(test.x), torch.from_numpy(test.y)
     torch.manual_seed(seed)
     model = build_model(cfg.model, info)

@@ -20,6 +20,8 @@ class StableOrderGrid(Grid):
     def __init__(self, inner: Grid, labels: Mapping[int, int]) -> None:
         self._inner = inner
         self._labels = dict(labels)
+        # Simulated availability: when set, only these nodes are listed (sampled from).
+        self.visible: set[int] | None = None
 
     def set_run(self, run: Run) -> None:
         self._inner.set_run(run)
@@ -39,7 +41,10 @@ class StableOrderGrid(Grid):
         return self._inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
-        return sorted(self._inner.get_node_ids(), key=self.order_key)
+        nodes = self._inner.get_node_ids()
+        if self.visible is not None:
+            nodes = [n for n in nodes if n in self.visible]
+        return sorted(nodes, key=self.order_key)
 
     def order_key(self, node_id: int) -> tuple[int, int]:
         """Labelled nodes by label, then unlabelled ones by id."""
@@ -56,3 +61,20 @@ class StableOrderGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         return self._inner.send_and_receive(messages, timeout=timeout)
+
+
+class KeyGrid(StableOrderGrid):
+    """Simulation: Flower's strategies sample stable client keys 0..N-1 (``get_node_ids``),
+    not node ids; the round then gives each sampled key its node (``Peers.assign``).
+
+    ``visible`` holds keys here (the clients online this round)."""
+
+    def __init__(self, inner: Grid, key_of_node: dict[int, int], population: int) -> None:
+        super().__init__(inner, {})
+        self._labels = key_of_node  # filled as keys get nodes: order_key follows it
+        self.population = population
+
+    def get_node_ids(self) -> Iterable[int]:
+        if self.visible is None:
+            return range(self.population)
+        return sorted(k for k in self.visible if 0 <= k < self.population)

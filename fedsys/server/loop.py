@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 from fedsys.config import ExperimentConfig
 from fedsys.crypto import AggregatorKeys
 from fedsys.server.aggregate import Aggregated
+from fedsys.server.fedbuff_loop import train_fedbuff
 from fedsys.server.federation import Federation, prepare_federation
 from fedsys.server.outputs import begin_outputs, write_final_outputs
 from fedsys.server.overlap import Overlap
@@ -35,30 +36,38 @@ def run_federation(
     *,
     resume: bool,
     deployed_keys: AggregatorKeys | None = None,
+    simulation: bool = False,
 ) -> RunSummary:
     """Run (or, with ``resume``, continue) the experiment over ``grid``.
 
     ``deployed_keys``: the aggregator's key and allow-list loaded from files (deployment).
+    ``simulation``: the nodes are virtual; the server assigns each its client (stable key)
+    instead of asking every node who it is (``fedsys.server.identities``).
     """
     fed = prepare_federation(grid, cfg, out_dir, reporter, deployed_keys)
     if resume:
         resume_federation(fed)
-    return train(fed)
+    return train(fed, simulation=simulation)
 
 
-def train(fed: Federation) -> RunSummary:
-    """Every round left, then the final model, curves and summary."""
+def train(fed: Federation, *, simulation: bool = False) -> RunSummary:
+    """Every round left (or, with ``fedbuff.enabled``, every server version), then the final
+    model, curves and summary."""
     cfg, state = fed.cfg, fed.state
     state.started = time.perf_counter()
     begin_outputs(fed.paths, cfg, fresh=state.resumed_from is None and state.round == 0)
-    peers = meet(fed.grid, cfg, fed.reporter, fed.exchange_key, fed.deployed_keys)
+    peers = meet(
+        fed.grid, cfg, fed.reporter, fed.exchange_key, fed.deployed_keys, simulation=simulation
+    )
     fed.reporter.start(cfg.train.rounds, state.round)
     overlap: Overlap[Aggregated] = Overlap(
-        partial(complete_round, fed),
+        partial(complete_round, fed, peers),
         enabled=cfg.train.eval_overlap,
         last_round=cfg.train.rounds,
     )
     try:
+        if cfg.fedbuff.enabled:
+            train_fedbuff(fed, peers)
         while state.round < cfg.train.rounds:
             play_round(fed, peers, overlap, state.round + 1)
     finally:

@@ -1,27 +1,86 @@
-"""The nodes of a run, as the start-up hello introduced them."""
+"""The nodes of a run: who each one is, and the keys their updates are checked with.
+
+Simulation learns nothing by asking: strategies sample stable client keys (data partitions),
+a sampled key gets a node on first need (``fedsys.server.identities``), and a client's
+signing key arrives with its first reply. Deployment keeps the start-up hello, with the
+allow-list from files.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedsys.config import ExperimentConfig
 from fedsys.crypto import AggregatorKeys
-from fedsys.server.grid_view import StableOrderGrid
+from fedsys.protocol import CLIENT_KEY
+from fedsys.server.grid_view import KeyGrid, StableOrderGrid
 from fedsys.server.hello import allow_list, hello
+from fedsys.server.identities import VirtualClients
 from fedsys.server.progress import Reporter
+
+
+def _ignore(_reply: Message) -> None:
+    return None
 
 
 @dataclass(frozen=True)
 class Peers:
     """Who the nodes are, and the keys their updates are checked with."""
 
-    grid: StableOrderGrid  # node ids in a stable order, for reproducible sampling
+    grid: StableOrderGrid  # what strategies sample from, in a stable order
     client_ids: dict[int, str]  # node -> client id
     declared_examples: dict[int, int]  # node -> training examples it declared
     keys: AggregatorKeys | None  # the aggregator's key and allow-list (codec.encrypt)
+    key_of_node: dict[int, int] = field(default_factory=dict)  # node -> stable client key
+    # What a reply teaches about its sender before it is checked (simulation: its key).
+    learn: Callable[[Message], None] = _ignore
+    virtual: VirtualClients | None = None  # simulation: keys get nodes on first need
+
+    def all_keys(self) -> list[int]:
+        """Every client's stable key (simulation: 0..N-1, whether its node exists yet)."""
+        if self.virtual is not None:
+            return list(range(self.virtual.population))
+        return sorted(self.key_of_node.values())
+
+    def node_for(self, key: int) -> int:
+        """The node that plays client ``key``."""
+        if self.virtual is not None:
+            return self.virtual.node_for(key)
+        for node, k in self.key_of_node.items():
+            if k == key:
+                return node
+        raise KeyError(f"no node holds client key {key}")
+
+    def show_online(self, online_keys: set[int] | None) -> None:
+        """Let the strategy sample only among ``online_keys`` (None: everyone)."""
+        if online_keys is None or self.virtual is not None:
+            self.grid.visible = online_keys
+        else:
+            self.grid.visible = {n for n, k in self.key_of_node.items() if k in online_keys}
+
+    def assign(self, messages: list[Message]) -> None:
+        """Simulation: address each sampled client's message to the node that plays it, and
+        name the client in it.
+
+        Flower's strategies put one RecordDict into every message, so each message gets its
+        own copy of the content with its own config record (the arrays are shared)."""
+        if self.virtual is None:
+            return
+        for msg in messages:
+            key = msg.metadata.dst_node_id  # a key: strategies sample from ``KeyGrid``
+            msg.metadata.dst_node_id = self.virtual.node_for(key)
+            content = RecordDict()
+            for name, record in msg.content.items():
+                if isinstance(record, ConfigRecord):
+                    record = ConfigRecord(dict(record))
+                    record[CLIENT_KEY] = key
+                content[name] = record
+            msg.content = content
 
 
 def meet(
@@ -30,8 +89,13 @@ def meet(
     reporter: Reporter,
     exchange_key: X25519PrivateKey | None,
     deployed_keys: AggregatorKeys | None,
+    *,
+    simulation: bool = False,
 ) -> Peers:
-    """Wait for the nodes' hellos; deployed, the allow-list comes from files, not hellos."""
+    """Simulation: assign stable keys to the registered nodes (no message); deployed: wait
+    for the nodes' hellos, with the allow-list from files, not hellos."""
+    if simulation and deployed_keys is None:
+        return _virtual(grid, cfg, reporter, exchange_key)
     reporter.stage(
         f"waiting for the nodes to start and introduce themselves "
         f"({cfg.data.num_partitions} expected)"
@@ -42,11 +106,30 @@ def meet(
     if exchange_key is not None:
         trusted = deployed_keys.allow_list if deployed_keys else allow_list(hellos)
         keys = AggregatorKeys(exchange_key, trusted)
+    labels = {n: h.partition_id for n, h in hellos.items()}
     return Peers(
-        grid=StableOrderGrid(grid, {n: h.partition_id for n, h in hellos.items()}),
+        grid=StableOrderGrid(grid, labels),
         client_ids={n: h.client_id for n, h in hellos.items()},
         declared_examples={
             n: h.num_examples for n, h in hellos.items() if h.num_examples is not None
         },
         keys=keys,
+        key_of_node=labels,
+    )
+
+
+def _virtual(
+    grid: Grid, cfg: ExperimentConfig, reporter: Reporter, exchange_key: X25519PrivateKey | None
+) -> Peers:
+    population = cfg.data.num_partitions
+    reporter.stage(f"{population} simulated clients; nodes are given them as they are sampled")
+    clients = VirtualClients(grid, population, cfg.train.timeout)
+    return Peers(
+        grid=KeyGrid(grid, clients.key_of_node, population),
+        client_ids=clients.client_ids,
+        declared_examples=clients.declared_examples,
+        keys=AggregatorKeys(exchange_key, clients.allow_list) if exchange_key else None,
+        key_of_node=clients.key_of_node,
+        learn=clients.learn,
+        virtual=clients,
     )

@@ -67,9 +67,12 @@ def receive(
             expected_replies=len(messages),
             seen_payloads=state.seen_payloads,
         )
-        silent = exchange(
-            peers.grid, messages, collector.offer, cfg.train.timeout, after_push=clients_busy
-        )
+
+        def take(reply: Message) -> None:
+            peers.learn(reply)  # simulation: the sender's key arrives with its first reply
+            collector.offer(reply)
+
+        silent = exchange(peers.grid, messages, take, cfg.train.timeout, after_push=clients_busy)
         result = collector.finish(peers.grid.order_key, build_record=build_record)
         state.norm_bound.end_round(result.accepted_norms)
         for node in silent:

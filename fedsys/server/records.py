@@ -46,6 +46,18 @@ class RoundRecord(BaseModel):
     clipped: int = 0  # updates scaled down to the norm bound (defense.norm_action=clip)
     aggregation_refused: str | None = None  # why the round's aggregate was not taken
     publish_gap: str | None = None  # a resume found this round's version lost: what and why
+    # Federated evaluation (federated_eval.evaluate_every): clients' own held-out data.
+    federated_accuracy: float | None = None  # weighted by the clients' examples
+    federated_loss: float | None = None
+    federated_worst_accuracy: float | None = None
+    federated_p10_accuracy: float | None = None  # 10th percentile over clients
+    federated_median_accuracy: float | None = None
+    federated_clients: int | None = None
+    federated_examples: int | None = None
+    # Asynchronous rounds (fedbuff): simulated wall clock and the buffered updates' staleness.
+    virtual_seconds: float | None = None
+    staleness_mean: float | None = None
+    staleness_max: int | None = None
 
 
 class RunSummary(BaseModel):

@@ -11,8 +11,11 @@ import time
 
 import numpy as np
 
+from fedsys.population.speed import task_seconds
 from fedsys.server.aggregate import Aggregated, aggregate
+from fedsys.server.availability_round import drop_out, online_keys
 from fedsys.server.downlink import downlink_model, train_config
+from fedsys.server.federated_rounds import federated_evaluation
 from fedsys.server.federation import Federation
 from fedsys.server.outputs import round_record
 from fedsys.server.overlap import Overlap
@@ -36,11 +39,22 @@ def play_round(fed: Federation, peers: Peers, overlap: Overlap[Aggregated], rnd:
         keeps_reference=traits.keeps_reference,
     )
     config = train_config(cfg, fed.exchange_key, down)
+    peers.show_online(online_keys(peers.all_keys(), cfg, rnd))  # simulated availability
     messages = list(state.strategy.configure_train(rnd, down.for_strategy, config, peers.grid))
+    peers.show_online(None)
     down.keep_off(messages)
+    peers.assign(messages)  # simulation: which virtual client each node plays
+    sampled = len(messages)
+    # Simulated client speeds: a synchronous round lasts as long as its slowest client.
+    keys = [peers.key_of_node.get(m.metadata.dst_node_id, -1) for m in messages]
+    state.virtual_seconds += max(
+        (task_seconds(cfg.population.speed, cfg.runtime.seed, k) for k in keys), default=0.0
+    )
+    messages, dropped = drop_out(messages, peers.key_of_node, cfg, rnd)
     # collect: replies are checked and summed as they come; the previous round is completed
     # while these clients train
     received = overlap.during(lambda busy: receive(fed, peers, rnd, messages, busy))
+    received.result.rejected.extend(dropped)  # sampled, but dropped out (simulated)
     # aggregate: one new model, or the current one and why
     new = aggregate(
         state.strategy, traits, rnd, received.result, state.model, cfg.strategy.min_accepted
@@ -51,7 +65,7 @@ def play_round(fed: Federation, peers: Peers, overlap: Overlap[Aggregated], rnd:
         started=started,
         model=state.model,
         result=received.result,
-        sampled=len(messages),
+        sampled=sampled,
         bytes_down_each=down.nbytes,
         secagg=received.secagg,
         checkpoint=state.snapshot(state.wall_seconds()),
@@ -61,7 +75,9 @@ def play_round(fed: Federation, peers: Peers, overlap: Overlap[Aggregated], rnd:
     overlap.finish(rnd, done)
 
 
-def complete_round(fed: Federation, done: Aggregated, next_start: float | None) -> None:
+def complete_round(
+    fed: Federation, peers: Peers, done: Aggregated, next_start: float | None
+) -> None:
     """Evaluate ``done``'s model, publish it, write its metrics line and its checkpoint.
 
     The round's ``seconds`` run from its start to the next round's start (``next_start``),
@@ -71,6 +87,9 @@ def complete_round(fed: Federation, done: Aggregated, next_start: float | None) 
     evaluation = fed.evaluator(done.model)
     end = next_start if next_start is not None else time.perf_counter()
     record = round_record(done, evaluation, end - done.started, fed.fp32_bytes)
+    federated_evaluation(fed, peers, done.round, record)
+    if fed.cfg.population.speed.distribution != "none":
+        record.virtual_seconds = float(done.checkpoint.extra.get("virtual_seconds", 0.0))
     record.published_version = _publish(fed, record, done.model)
     append_round(fed.paths.metrics, record)
     fed.checkpointer.write(done.checkpoint)

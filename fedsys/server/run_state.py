@@ -28,6 +28,7 @@ class RunState:
     elapsed_before: float = 0.0  # wall seconds of the runs this one resumes
     resumed_from: int | None = None
     started: float = field(default_factory=time.perf_counter)  # this process's run began
+    virtual_seconds: float = 0.0  # fedbuff: the simulated clock at the last version
 
     def wall_seconds(self) -> float:
         """Seconds the run has taken so far, the runs it resumes included."""
@@ -54,7 +55,11 @@ class RunState:
             strategy_arrays=strategy_arrays,
             strategy_state=strategy_state,
             rng_state=dict(self.rng.bit_generator.state),
-            extra={"wall_seconds": wall_seconds, "norm_reference": self.norm_bound.reference},
+            extra={
+                "wall_seconds": wall_seconds,
+                "norm_reference": self.norm_bound.reference,
+                "virtual_seconds": self.virtual_seconds,
+            },
             defense_arrays={"payload_digests": digests_array(self.seen_payloads)},
         )
 
@@ -65,6 +70,7 @@ class RunState:
         self.rng.bit_generator.state = ckpt.rng_state
         self.round = ckpt.round
         self.elapsed_before = float(ckpt.extra.get("wall_seconds", 0.0))
+        self.virtual_seconds = float(ckpt.extra.get("virtual_seconds", 0.0))
         self.seen_payloads = digests_set(ckpt.defense_arrays.get("payload_digests"))
         reference = ckpt.extra.get("norm_reference")
         self.norm_bound.reference = float(reference) if reference is not None else None

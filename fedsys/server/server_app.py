@@ -79,6 +79,7 @@ def make_server_app(launch: Launch | None = None) -> ServerApp:
                     _reporter(chosen.cfg),
                     resume=chosen.resume,
                     deployed_keys=chosen.deployed_keys(),
+                    simulation=chosen.simulation,
                 )
         finally:
             if chosen.simulation:

@@ -3,8 +3,11 @@
 Routes (a public interface): ``POST /v1/models/{name}:predict``, ``GET /v1/models``,
 ``GET /v1/models/{name}``, ``POST /v1/models/{name}/versions`` (signed publish),
 ``POST /v1/models/{name}:rollback``, ``/healthz``, ``/readyz``, ``/metrics``; one router
-per concern under ``routes/``. Every client mistake is a 4xx ``{"detail": "..."}`` naming
-the problem, answered by ``error_handlers`` from the class of the error a route raised.
+per concern under ``routes/``; the OpenAI API (``/v1/completions``,
+``/v1/chat/completions``) in ``openai_api/`` and the Open Inference Protocol (``/v2/...``)
+in ``oip/``, each answering errors in its own protocol's shape. Every client mistake is a
+4xx ``{"detail": "..."}`` naming the problem, answered by ``error_handlers`` from the class
+of the error a route raised.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from fedsys.errors import ConfigError
 from fedsys.serving.endpoint_settings import SETTINGS_ENV, ServeSettings
 from fedsys.serving.error_handlers import add_error_handlers
 from fedsys.serving.metrics import MetricsMiddleware, ServeMetrics
+from fedsys.serving.oip import routes as open_inference
+from fedsys.serving.openai_api import routes as openai_api
 from fedsys.serving.routes import catalog, health, predict, publishing
 from fedsys.serving.state import ServingState
 
@@ -46,7 +51,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.serving = state  # what the routes' ``Serving`` dependency returns
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     add_error_handlers(app)
-    for module in (predict, catalog, publishing, health):
+    for module in (predict, catalog, publishing, health, openai_api, open_inference):
         app.include_router(module.router)
     return app
 

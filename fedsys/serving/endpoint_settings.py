@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsys.errors import ConfigError
+from fedsys.serving.generation.limits import GenerationLimits
 
 SETTINGS_ENV = "FEDSYS_SERVE_SETTINGS"
 API_KEYS_ENV = "FEDSYS_API_KEYS"  # comma-separated, an alternative to --api-keys FILE
@@ -79,6 +80,10 @@ class ServeSettings(BaseModel):
         description="After start-up, move every object alive (torch, the app, the loaded "
         "models) into gc's permanent generation. Otherwise each full collection walks the "
         "hundreds of thousands of objects torch creates and stalls all requests for 100-200 ms.",
+    )
+    generation: GenerationLimits = Field(
+        default_factory=GenerationLimits,
+        description="Limits of text generation (language-model versions), per base model.",
     )
     workers: int = Field(default=1, ge=1)
     host: str = "127.0.0.1"

@@ -16,9 +16,12 @@ from fastapi.responses import JSONResponse
 from fedsys.errors import (
     BatcherStopped,
     BodyTooLarge,
+    CapacityExceeded,
     CredentialsMissing,
     CredentialsRefused,
     FedsysError,
+    GenerationFailed,
+    InvalidParameter,
     InvalidRequest,
     MalformedRequest,
     MethodNotAllowed,
@@ -29,6 +32,7 @@ from fedsys.errors import (
 
 STATUS: dict[type[FedsysError], int] = {
     MalformedRequest: 400,
+    InvalidParameter: 400,
     CredentialsMissing: 401,
     CredentialsRefused: 403,
     UnknownModel: 404,
@@ -37,6 +41,8 @@ STATUS: dict[type[FedsysError], int] = {
     BodyTooLarge: 413,
     UnsupportedMediaType: 415,
     InvalidRequest: 422,
+    CapacityExceeded: 429,
+    GenerationFailed: 500,
     BatcherStopped: 503,
 }
 # The detail clients see where the reason is the endpoint's own business.
@@ -50,12 +56,33 @@ ERROR: dict[str, Any] = {
 Handler = Callable[[Request, Exception], Awaitable[JSONResponse]]
 
 
-def _headers(exc: Exception) -> dict[str, str]:
+def headers_of(exc: Exception) -> dict[str, str]:
+    """The headers an error's answer carries (what to send, how to retry)."""
     if isinstance(exc, CredentialsMissing):
         return {"WWW-Authenticate": "Bearer"}
     if isinstance(exc, MethodNotAllowed):
         return {"Allow": exc.allow}
+    if isinstance(exc, CapacityExceeded):
+        return {"Retry-After": "1"}
     return {}
+
+
+def status_of(exc: FedsysError) -> int:
+    """The status of the nearest class in ``exc``'s MRO that has one (else 500)."""
+    for cls in type(exc).__mro__:
+        status = STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
+
+
+def detail_of(exc: FedsysError) -> str:
+    """What the client is told: the reason, or a public text where the reason is internal."""
+    for cls in type(exc).__mro__:
+        public = PUBLIC_DETAIL.get(cls)
+        if public is not None:
+            return public
+    return str(getattr(exc, "reason", exc))
 
 
 def _handler(cls: type[FedsysError], status: int) -> Handler:
@@ -63,7 +90,7 @@ def _handler(cls: type[FedsysError], status: int) -> Handler:
 
     async def answer(_: Request, exc: Exception) -> JSONResponse:
         detail = public or getattr(exc, "reason", str(exc))
-        return JSONResponse({"detail": detail}, status_code=status, headers=_headers(exc))
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers_of(exc))
 
     return answer
 

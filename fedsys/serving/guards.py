@@ -45,18 +45,47 @@ def check_action_method(name: str) -> None:
 
 def check_api_key(state: ServingState, request: Request, key: str | None) -> None:
     """X-API-Key for predict, when the endpoint has keys: 401 when absent, 403 when wrong."""
+    _check_key(state, request, key, "predict", "missing X-API-Key header", "X-API-Key")
+
+
+def client_key(request: Request) -> str | None:
+    """The API key a client sends: ``X-API-Key``, or ``Authorization: Bearer KEY`` (what the
+    OpenAI SDK and tritonclient's header options send)."""
+    key = request.headers.get("x-api-key")
+    if key is None:
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            key = auth[7:].strip()
+    return key
+
+
+def check_client_key(state: ServingState, request: Request, what: str) -> None:
+    """API key of the OpenAI and Open Inference Protocol routes, from either header."""
+    _check_key(
+        state,
+        request,
+        client_key(request),
+        what,
+        "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+        "the API key",
+    )
+
+
+def _check_key(
+    state: ServingState, request: Request, key: str | None, what: str, missing: str, name: str
+) -> None:
     if not state.api_keys:
         return
     if key is None:
         state.audit.record(
-            "refused", what="predict", reason="missing API key", client=client_address(request)
+            "refused", what=what, reason="missing API key", client=client_address(request)
         )
-        raise CredentialsMissing("missing X-API-Key header")
+        raise CredentialsMissing(missing)
     if not any(hmac.compare_digest(key.encode(), k.encode()) for k in state.api_keys):
         state.audit.record(
-            "refused", what="predict", reason="wrong API key", client=client_address(request)
+            "refused", what=what, reason="wrong API key", client=client_address(request)
         )
-        raise CredentialsRefused("X-API-Key is not valid")
+        raise CredentialsRefused(f"{name} is not valid")
 
 
 def check_token(state: ServingState, request: Request, what: str, name: str) -> None:

@@ -88,7 +88,7 @@ def parse_json(body: bytes) -> tuple[np.ndarray[Any, Any], bool]:
     return arr, req.probabilities
 
 
-def _not_a_number(value: Any, path: list[int]) -> tuple[list[int], Any] | None:
+def first_non_number(value: Any, path: list[int]) -> tuple[list[int], Any] | None:
     """Path and value of the first leaf that is not a JSON number (depth-first), or None.
 
     numpy would turn ``"0.5"`` into 0.5 and ``true`` into 1.0 without a word; a client that
@@ -99,7 +99,7 @@ def _not_a_number(value: Any, path: list[int]) -> tuple[list[int], Any] | None:
         if {type(v) for v in value} <= {float, int}:
             return None
         for i, item in enumerate(value):
-            found = _not_a_number(item, [*path, i])
+            found = first_non_number(item, [*path, i])
             if found is not None:
                 return found
         return None
@@ -107,7 +107,7 @@ def _not_a_number(value: Any, path: list[int]) -> tuple[list[int], Any] | None:
 
 
 def _check_numbers(instances: list[Any]) -> None:
-    found = _not_a_number(instances, [])
+    found = first_non_number(instances, [])
     if found is None:
         return
     path, value = found

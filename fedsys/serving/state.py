@@ -27,6 +27,7 @@ from fedsys.registry import AuditLog, Registry
 from fedsys.registry.variants import load_verified_variants, variants_stamp
 from fedsys.serving.batcher import Batcher
 from fedsys.serving.endpoint_settings import ServeSettings
+from fedsys.serving.generation.served import LanguageModels, ServedLM
 from fedsys.serving.live import LiveModels, ServedModel
 from fedsys.serving.metrics import ServeMetrics
 
@@ -45,6 +46,7 @@ class ServingState:
         self.audit = AuditLog(settings.audit_path)
         self.registry = Registry(settings.registry, audit=self.audit)
         self.live = LiveModels()
+        self.language_models = LanguageModels(settings.generation)
         self.batcher = Batcher(
             settings.max_batch_size,
             settings.max_wait_ms,
@@ -81,6 +83,7 @@ class ServingState:
                 await self._poller
             self._poller = None
         await asyncio.to_thread(self.batcher.stop)
+        await asyncio.to_thread(self.language_models.stop)
 
     # trust and loading ----------------------------------------------------------------------
 
@@ -124,32 +127,52 @@ class ServingState:
             return version, mtime, 0
         return version, mtime, variants_stamp(self.registry.version_dir(name, version))
 
-    async def refresh(self, name: str) -> ServedModel | None:
+    def current(self, name: str) -> ServedModel | ServedLM | None:
+        """What answers for ``name`` now: a tensor model or a language model's active version."""
+        return self.live.get(name) or self.language_models.active(name)
+
+    async def refresh(self, name: str) -> ServedModel | ServedLM | None:
         """Serve ``name``'s active version if this worker does not already; keep the old
         model when the new one fails verification."""
         async with self._lock:
             marker = await asyncio.to_thread(self._marker, name)
             seen = self._seen.get(name)
             if marker == seen:
-                return self.live.get(name)
+                return self.current(name)
             self._seen[name] = marker
             version = marker[0]
-            current = self.live.get(name)
+            current = self.current(name)
             same_variants = seen is not None and seen[2] == marker[2]
             if version is None or (
                 current is not None and current.version == version and same_variants
             ):
                 return current
             try:
-                served = await asyncio.to_thread(self._load, name, version)
+                served = await self._serve(name, version)
             except FedsysError as exc:  # the registry audits refused artifacts itself
                 log.error("cannot serve %s v%d: %s (keeping the current model)", name, version, exc)
                 return current
-            self.live.swap(served)
             self.metrics.active_version.labels(name, str(self.worker)).set(version)
             self.metrics.swaps.labels(name).inc()
-            log.info("worker %d now serves %s v%d (%s)", self.worker, name, version, served.variant)
+            log.info("worker %d now serves %s v%d", self.worker, name, version)
             return served
+
+    async def _serve(self, name: str, version: int) -> ServedModel | ServedLM:
+        """Load ``version`` and make it the one that answers (the old one stays for requests
+        already admitted on it)."""
+        manifests = await asyncio.to_thread(self.registry.versions, name)
+        manifest = next((m for m in manifests if m.version == version), None)
+        if manifest is not None and manifest.language_model is not None:
+            # Imported here: transformers and peft take seconds to import, and an endpoint
+            # serving only tensor models never needs them.
+            from fedsys.serving.generation.from_registry import serve_version
+
+            return await serve_version(
+                self.language_models, self.registry, self.trusted(), name, version
+            )
+        served = await asyncio.to_thread(self._load, name, version)
+        self.live.swap(served)
+        return served
 
     async def sync_all(self) -> None:
         names = await asyncio.to_thread(self.registry.models)

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from fedsys.errors import UnknownModel
+from fedsys.registry import ModelManifest
 from fedsys.registry.variants import listed_manifest, variant_names
 from fedsys.serving.error_handlers import error_responses
 from fedsys.serving.guards import check_action_method, check_name
@@ -19,19 +20,48 @@ router = APIRouter()
 
 @router.get("/v1/models")
 def list_models(state: Serving) -> dict[str, Any]:
-    """Every model in the registry, with its active and served versions."""
-    out = []
+    """Every model in the registry, with its active and served versions: under ``models``
+    (fedsys's listing) and as the OpenAI list (``object: list``, ``data``: one entry per
+    model id a request may name, ``NAME`` and, for language models, ``NAME@VERSION``)."""
+    out: list[dict[str, Any]] = []
+    data: list[dict[str, Any]] = []
     for name in state.registry.models():
-        served = state.live.get(name)
-        out.append(
-            {
-                "name": name,
-                "active_version": state.registry.active_version(name),
-                "served_version": served.version if served else None,
-                "versions": [m.version for m in state.registry.versions(name)],
-            }
+        manifests = state.registry.versions(name)
+        served = state.current(name)
+        active = state.registry.active_version(name)
+        version = served.version if served else active
+        entry: dict[str, Any] = {
+            "name": name,
+            "active_version": active,
+            "served_version": served.version if served else None,
+            "versions": [m.version for m in manifests],
+        }
+        out.append(entry)
+        created = {m.version: int(m.created_at.timestamp()) for m in manifests}
+        kind = {m.version: _kind(m) for m in manifests}
+        data.append(
+            _card(name, created.get(version or 0, 0), kind.get(version or 0, "tensor"), entry)
         )
-    return {"models": out}
+        for lm in state.language_models.served(name):
+            fields = {"name": name, "version": lm.version, "adapter": lm.adapter is not None}
+            data.append(_card(lm.id, created.get(lm.version, lm.created), "language", fields))
+    return {"object": "list", "data": data, "models": out}
+
+
+def _kind(manifest: ModelManifest) -> str:
+    return "tensor" if manifest.language_model is None else "language"
+
+
+def _card(model_id: str, created: int, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI model object carrying fedsys's fields beside ``id``/``object``/``created``."""
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": created,
+        "owned_by": "fedsys",
+        "kind": kind,
+        **fields,
+    }
 
 
 @router.get("/v1/models/{name}", responses=error_responses(404, 405))
@@ -44,15 +74,20 @@ def describe_model(name: str, state: Serving) -> dict[str, Any]:
     manifests = state.registry.versions(name)
     active = state.registry.active_version(name)
     served = state.live.get(name)
+    lm = state.language_models.active(name)
     current = next((m for m in manifests if m.version == active), None)
     variants = {
         str(m.version): listed_variants(state.registry.version_dir(name, m.version))
         for m in manifests
     }
     return {
+        "id": name,
+        "object": "model",
+        "created": int(current.created_at.timestamp()) if current else 0,
+        "owned_by": "fedsys",
         "name": name,
         "active_version": active,
-        "served_version": served.version if served else None,
+        "served_version": served.version if served else (lm.version if lm else None),
         "variant": served.variant if served else None,
         "served_variants": served.served_variants() if served else [],
         "variants": {version: found for version, found in variants.items() if found},

@@ -20,10 +20,11 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses=error_responses(503))
 def readyz(state: Serving) -> JSONResponse:
-    """Ready when at least one model is loaded."""
-    if len(state.live) == 0:
+    """Ready when at least one model (tensor or language model) is loaded."""
+    names = sorted({*state.live.names(), *state.language_models.names()})
+    if not names:
         return JSONResponse({"detail": "no model loaded yet"}, status_code=503)
-    return JSONResponse({"status": "ready", "models": state.live.names()})
+    return JSONResponse({"status": "ready", "models": names})
 
 
 @router.get("/metrics")
