@@ -214,12 +214,15 @@ def new_manifest(
 
 
 def variants_stamp(version_dir: Path) -> int:
-    """A cheap change marker for a version's variants (the directory's mtime; 0: none yet):
-    each new variant is renamed into place, which moves it."""
+    """A cheap change marker for a version's variants (0: none yet): the directory's mtime
+    and the names in it, since two variants renamed in within one clock tick share an mtime."""
+    parent = Path(version_dir) / VARIANTS_DIR
     try:
-        return (Path(version_dir) / VARIANTS_DIR).stat().st_mtime_ns
+        mtime = parent.stat().st_mtime_ns
+        names = tuple(sorted(p.name for p in parent.iterdir() if not p.name.startswith(".")))
     except OSError:
         return 0
+    return hash((mtime, names)) or 1
 
 
 def load_verified_variants(
