@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from fedsys.compress.command import COMPRESS_HELP, compress_cmd
 from fedsys.config import ExperimentConfig, load_config
 from fedsys.deploy.commands import client_cmd, partition_cmd, server_cmd
 from fedsys.deploy.keys_cli import certs_cmd, keys_app
@@ -201,6 +202,14 @@ def serve(
         bool, typer.Option("--int8", help="Serve the int8 copy where present.")
     ] = False,
     torch_threads: Annotated[int, typer.Option(help="Torch threads per worker.")] = 1,
+    variant: Annotated[
+        str | None,
+        typer.Option(
+            "--variant",
+            help="Compressed variant (fedsys compress) to serve by default where the active "
+            "version has one; a request picks any with ?variant=.",
+        ),
+    ] = None,
     decode_batch: Annotated[
         int, typer.Option(help="Language models: sequences decoded in one forward pass.")
     ] = 64,
@@ -239,6 +248,7 @@ def serve(
             max_wait_ms=max_wait_ms,
             variant="int8" if int8 else "fp32",
             torch_threads=torch_threads,
+            default_variant=variant,
             generation=GenerationLimits(
                 max_batch=decode_batch,
                 max_sequences=max_sequences,
@@ -307,6 +317,7 @@ app.command("certs")(certs_cmd)
 app.command("server")(server_cmd)
 app.command("client")(client_cmd)
 app.command("partition")(partition_cmd)
+app.command("compress", help=COMPRESS_HELP)(compress_cmd)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from fedsys.codec.params import QUANTIZE_BITS, DownlinkScheme, PipelineParams, QuantizeScheme
+from fedsys.compress.settings import CompressConfig
 from fedsys.config_section import Section
 from fedsys.defense_config import AttackConfig, DefenseConfig
 from fedsys.defense_config import AttackName as AttackName  # re-exported
@@ -58,6 +59,18 @@ class DataConfig(Section):
     )
     cache_dir: Path | None = Field(
         default=None, description="Where generated datasets are cached (default ~/.cache/fedsys)."
+    )
+    public_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Share of the training set the server keeps as its public split (for "
+        "compression) and no client sees; 0: none.",
+    )
+    public_path: Path | None = Field(
+        default=None,
+        description="An .npz file (arrays x, y) with the user's public split instead of a "
+        "share of the training set.",
     )
 
     @model_validator(mode="after")
@@ -364,6 +377,7 @@ class ExperimentConfig(Section):
     attack: AttackConfig = Field(default_factory=AttackConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    compress: CompressConfig = Field(default_factory=CompressConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     population: PopulationConfig = Field(default_factory=PopulationConfig)
     fedbuff: FedBuffConfig = Field(
@@ -437,6 +451,22 @@ class ExperimentConfig(Section):
                 "(use at_end, every_round or on_improvement)"
             )
         self.publish.mode = "at_end"
+        return self
+
+    @model_validator(mode="after")
+    def _check_compress(self) -> ExperimentConfig:
+        """Compression tunes on the server's public split: compress.enabled holds back 10% of
+        the training set unless data.public_fraction or data.public_path says otherwise."""
+        if not self.compress.enabled or self.data.public_path is not None:
+            return self
+        if self.data.public_fraction > 0:
+            return self
+        if "public_fraction" in self.data.model_fields_set:
+            raise ValueError(
+                "compress.enabled needs a public split, but data.public_fraction is 0 "
+                "(set it, e.g. 0.1, or data.public_path)"
+            )
+        self.data.public_fraction = 0.1
         return self
 
     @model_validator(mode="after")

@@ -49,6 +49,9 @@ def _settings(cfg: ExperimentConfig, out_dir: Path, port: int) -> ServeSettings:
         torch_threads=None,
         switch_interval_s=None,
         freeze_gc=False,
+        default_variant=None
+        if cfg.compress.default_variant == "fp32"
+        else cfg.compress.default_variant,
     )
 
 

@@ -6,6 +6,7 @@ from fedsys.data.catalog import (
     client_test_partition,
     dataset_info,
     load_dataset,
+    load_public,
     load_test,
     partition_indices,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "dirichlet",
     "iid",
     "load_dataset",
+    "load_public",
     "load_test",
     "natural",
     "partition_indices",

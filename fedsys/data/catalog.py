@@ -15,7 +15,8 @@ from pathlib import Path
 
 from fedsys.config import DataConfig
 from fedsys.data.mnist1d import MNIST1D_INFO, load_mnist1d
-from fedsys.data.partition import dirichlet, iid, natural, shards
+from fedsys.data.partition import dirichlet, iid, natural, public_share, shards
+from fedsys.data.public import read_public_npz
 from fedsys.data.readers import read_cifar10, read_idx_dataset
 from fedsys.data.synthetic import (
     SYNTHETIC_INFO,
@@ -48,6 +49,7 @@ class _DataKey:
     seed: int | None = None
     synthetic: tuple[float, float, int, float, int] | None = None
     test_devices: int | None = None  # Synthetic: devices in the central test set
+    public_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,10 @@ class _SplitKey:
 
 
 def _data_key(cfg: DataConfig, seed: int) -> _DataKey:
+    # A user-supplied public split leaves the whole training set to the clients.
+    held_out = 0.0 if cfg.public_path is not None else cfg.public_fraction
     if cfg.name == "mnist1d":
-        return _DataKey(cfg.name, cache_dir=cfg.cache_dir)
+        return _DataKey(cfg.name, cache_dir=cfg.cache_dir, public_fraction=held_out)
     if cfg.name == "synthetic":
         params = (
             cfg.synthetic_alpha,
@@ -74,11 +78,16 @@ def _data_key(cfg: DataConfig, seed: int) -> _DataKey:
             cfg.synthetic_max_samples,
         )
         return _DataKey(
-            cfg.name, seed=seed, synthetic=params, test_devices=cfg.synthetic_test_devices
+            cfg.name,
+            seed=seed,
+            synthetic=params,
+            test_devices=cfg.synthetic_test_devices,
+            public_fraction=held_out,
         )
     if cfg.path is None:
         raise DataError(f"data.path is required for data.name={cfg.name!r}")
-    return _DataKey(cfg.name, path=Path(cfg.path).expanduser().resolve())
+    path = Path(cfg.path).expanduser().resolve()
+    return _DataKey(cfg.name, path=path, public_fraction=held_out)
 
 
 def _split_key(cfg: DataConfig, seed: int) -> _SplitKey:
@@ -99,6 +108,15 @@ def _split_key(cfg: DataConfig, seed: int) -> _SplitKey:
 
 @functools.lru_cache(maxsize=_MAX_DATASETS)
 def _load(key: _DataKey) -> Loaded:
+    """(client pool, test, info): the training set less the server's public share."""
+    train, test, info = _read(key)
+    if key.public_fraction > 0:
+        pool, _ = public_share(len(train), key.public_fraction)
+        train = train.subset(pool)
+    return train, test, info
+
+
+def _read(key: _DataKey) -> Loaded:
     if key.name == "mnist1d":
         train, test = load_mnist1d(key.cache_dir)
         return train, test, MNIST1D_INFO
@@ -121,6 +139,26 @@ def load_dataset(cfg: DataConfig, seed: int) -> tuple[ArrayDataset, ArrayDataset
     """
     with _LOCK:
         return _load(_data_key(cfg, seed))
+
+
+def load_public(cfg: DataConfig, seed: int) -> ArrayDataset:
+    """The server's public split: ``data.public_path`` or the ``data.public_fraction`` share of
+    the training set that :func:`client_partition` never hands out (distinct from the test
+    split, so nothing tuned on it is judged on it)."""
+    if cfg.public_path is not None:
+        return read_public_npz(Path(cfg.public_path).expanduser())
+    if cfg.public_fraction <= 0:
+        raise DataError("no public split: set data.public_fraction (e.g. 0.1) or data.public_path")
+    if _is_per_device(cfg):
+        raise DataError(
+            "data.public_fraction cannot hold back rows of Synthetic made device by device "
+            "(partitioner 'natural'); give the server its own rows with data.public_path"
+        )
+    key = _data_key(cfg, seed)
+    with _LOCK:
+        train, _, _ = _read(key)
+    _, public = public_share(len(train), key.public_fraction)
+    return train.subset(public)
 
 
 def _apply(split: _SplitKey, train: ArrayDataset, dataset: str) -> list[IndexArray]:

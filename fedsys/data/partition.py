@@ -16,6 +16,9 @@ from fedsys.data.types import IndexArray
 from fedsys.errors import DataError
 
 DIRICHLET_MAX_TRIES = 100
+# The public split is part of the dataset's identity (like its test split), so its draw has
+# a fixed seed rather than the experiment's.
+PUBLIC_SEED = 20_161_130
 
 
 def _check_counts(n: int, num_partitions: int, what: str = "samples") -> None:
@@ -146,3 +149,15 @@ def natural(groups: npt.ArrayLike, num_partitions: int) -> list[IndexArray]:
     if empty:
         raise DataError(f"natural partitioning: groups {empty[:10]} have no samples")
     return parts
+
+
+def public_share(n: int, fraction: float) -> tuple[IndexArray, IndexArray]:
+    """``(client pool, public)``: a fixed random ``fraction`` of ``n`` samples held back by
+    the server (at least one sample, and at least one left for the clients)."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"data.public_fraction must be in (0, 1), got {fraction}")
+    if n < 2:
+        raise DataError(f"cannot hold back a public split from {n} training samples")
+    size = min(n - 1, max(1, round(fraction * n)))
+    order = np.random.default_rng(PUBLIC_SEED).permutation(n)
+    return _sorted(order[size:]), _sorted(order[:size])

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedsys.compress.background import background_compressor
 from fedsys.config import ExperimentConfig
 from fedsys.crypto.keys import (
     generate_signing_key,
@@ -141,6 +142,7 @@ class Publisher:
         self.registry = Registry(root, audit=AuditLog(root / AUDIT_FILE))
         self.key = _signing_key(cfg, out_dir)
         _trust(self.registry, self.key)
+        self.compressor = background_compressor(cfg, out_dir, root, self.name)
         existing = self.registry.version_numbers(self.name)
         self._next_version = (existing[-1] if existing else 0) + 1
         self._best: float | None = None
@@ -275,6 +277,10 @@ class Publisher:
             self._executor.shutdown(wait=True)
             if self._client is not None:
                 self._client.close()
+            if self.compressor is not None:
+                wait = self.cfg.compress.wait_at_end_seconds
+                if not self.compressor.close(wait):
+                    log.warning("compress: still running after %.0f s; left to finish", wait)
         return self.last_published
 
     def close(self) -> None:
@@ -329,6 +335,8 @@ class Publisher:
                 )
             else:
                 self.last_published = job.version
+                if self.compressor is not None:
+                    self.compressor.submit(job.version)
                 if self._client is not None:
                     self._uploads.append(_Upload(job.version, job.round))
             self._local_retry.pop(0)

@@ -144,6 +144,10 @@ class Registry:
     def _model_dir(self, name: str) -> Path:
         return self.root / check_name(name)
 
+    def version_dir(self, name: str, version: int) -> Path:
+        """Where ``name`` v``version`` lives (its compressed variants go under it)."""
+        return self._version_dir(name, version)
+
     def _version_dir(self, name: str, version: int) -> Path:
         return self._model_dir(name) / VERSIONS_DIR / str(version)
 

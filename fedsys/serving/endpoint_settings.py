@@ -45,6 +45,12 @@ class ServeSettings(BaseModel):
     variant: Literal["fp32", "int8"] = Field(
         default="fp32", description="Serve the int8 copy where a version has one."
     )
+    default_variant: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9_]{1,32}$",
+        description="Compressed variant answering requests that name none, where the "
+        "active version has it (else fp32 or the int8 copy); ?variant= picks any per request.",
+    )
     max_batch_size: int = Field(default=32, ge=1, description="Rows per model call; 1: off.")
     max_wait_ms: float = Field(
         default=2.0, ge=0, le=1000, description="Longest a request waits for batch-mates."

@@ -9,7 +9,8 @@ event loop only; the dict assignment is the whole swap.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,10 +31,22 @@ class ServedModel:
     manifest: ModelManifest
     module: nn.Module
     variant: str = "fp32"
+    # The version's other servable forms (compressed variants), each a ServedModel of its
+    # own so the batcher never mixes them; a request picks one with ?variant=.
+    variants: Mapping[str, ServedModel] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.manifest.input_shape)
+
+    def served_variants(self) -> list[str]:
+        return sorted({self.variant, *self.variants})
+
+    def pick(self, variant: str | None) -> ServedModel | None:
+        """This model (None or its own variant) or the named variant; None if not served."""
+        if variant is None or variant == self.variant:
+            return self
+        return self.variants.get(variant)
 
     def run(self, x: FloatArray) -> FloatArray:
         """Logits for a batch; called from the inference thread only."""

@@ -14,6 +14,7 @@ import gc
 import logging
 import os
 import sys
+from dataclasses import replace
 from typing import Annotated
 
 import torch
@@ -23,6 +24,7 @@ from fastapi import Depends, Request
 from fedsys.crypto.keys import load_signing_public_key
 from fedsys.errors import FedsysError
 from fedsys.registry import AuditLog, Registry
+from fedsys.registry.variants import load_verified_variants, variants_stamp
 from fedsys.serving.batcher import Batcher
 from fedsys.serving.endpoint_settings import ServeSettings
 from fedsys.serving.generation.served import LanguageModels, ServedLM
@@ -31,7 +33,7 @@ from fedsys.serving.metrics import ServeMetrics
 
 log = logging.getLogger("fedsys.serving")
 
-Marker = tuple[int | None, int]
+Marker = tuple[int | None, int, int]  # active version, pointer mtime, variants stamp
 
 
 class ServingState:
@@ -100,7 +102,30 @@ class ServingState:
             log.warning("%s v%d has no int8 copy; serving fp32", name, version)
             variant = "fp32"
         loaded = self.registry.load(name, version, trusted, variant=variant)
-        return ServedModel(name, version, loaded.manifest, loaded.module.eval(), loaded.variant)
+        served = ServedModel(name, version, loaded.manifest, loaded.module.eval(), loaded.variant)
+        found = load_verified_variants(
+            self.registry.version_dir(name, version),
+            trusted,
+            name=name,
+            version=version,
+            base_weights_sha256=loaded.manifest.weights_sha256,
+        )
+        forms = {
+            label: ServedModel(name, version, loaded.manifest, module, label)
+            for label, (_, module) in found.items()
+        }
+        default = self.settings.default_variant
+        if default is not None and default != served.variant and default in forms:
+            chosen = forms.pop(default)
+            forms[served.variant] = served
+            return replace(chosen, variants=forms)
+        return replace(served, variants=forms)
+
+    def _marker(self, name: str) -> Marker:
+        version, mtime = self.registry.read_active_marker(name)
+        if version is None:
+            return version, mtime, 0
+        return version, mtime, variants_stamp(self.registry.version_dir(name, version))
 
     def current(self, name: str) -> ServedModel | ServedLM | None:
         """What answers for ``name`` now: a tensor model or a language model's active version."""
@@ -110,13 +135,17 @@ class ServingState:
         """Serve ``name``'s active version if this worker does not already; keep the old
         model when the new one fails verification."""
         async with self._lock:
-            marker = await asyncio.to_thread(self.registry.read_active_marker, name)
-            if marker == self._seen.get(name):
+            marker = await asyncio.to_thread(self._marker, name)
+            seen = self._seen.get(name)
+            if marker == seen:
                 return self.current(name)
             self._seen[name] = marker
             version = marker[0]
             current = self.current(name)
-            if version is None or (current is not None and current.version == version):
+            same_variants = seen is not None and seen[2] == marker[2]
+            if version is None or (
+                current is not None and current.version == version and same_variants
+            ):
                 return current
             try:
                 served = await self._serve(name, version)

@@ -3,12 +3,14 @@ worker serves."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
 
 from fedsys.errors import UnknownModel
 from fedsys.registry import ModelManifest
+from fedsys.registry.variants import listed_manifest, variant_names
 from fedsys.serving.error_handlers import error_responses
 from fedsys.serving.guards import check_action_method, check_name
 from fedsys.serving.state import Serving
@@ -74,6 +76,10 @@ def describe_model(name: str, state: Serving) -> dict[str, Any]:
     served = state.live.get(name)
     lm = state.language_models.active(name)
     current = next((m for m in manifests if m.version == active), None)
+    variants = {
+        str(m.version): listed_variants(state.registry.version_dir(name, m.version))
+        for m in manifests
+    }
     return {
         "id": name,
         "object": "model",
@@ -83,6 +89,18 @@ def describe_model(name: str, state: Serving) -> dict[str, Any]:
         "active_version": active,
         "served_version": served.version if served else (lm.version if lm else None),
         "variant": served.variant if served else None,
+        "served_variants": served.served_variants() if served else [],
+        "variants": {version: found for version, found in variants.items() if found},
         "metrics": current.metrics if current else None,
         "versions": [m.model_dump(mode="json") for m in manifests],
     }
+
+
+def listed_variants(version_dir: Path) -> list[dict[str, Any]]:
+    """The variants stored for a version (listing: schema checked, signature not)."""
+    out = []
+    for variant in variant_names(version_dir):
+        m = listed_manifest(version_dir, variant)
+        if m is not None:
+            out.append({"variant": variant, "model": m.model, "metrics": m.metrics})
+    return out

@@ -58,14 +58,28 @@ async def predict(
     request: Request,
     state: Serving,
     probabilities: Annotated[bool, Query(description="With a .npy body.")] = False,
+    variant: Annotated[
+        str | None,
+        Query(
+            max_length=32,
+            description="A compressed variant of the active version (int8, pruned, distilled, "
+            "lowrank, pruned_int8) or fp32; default: the endpoint's default.",
+        ),
+    ] = None,
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Class index per instance (and probabilities when asked), from the active version."""
     with state.batcher.announce() as ticket:
         check_api_key(state, request, x_api_key)
-        served = state.live.get(name)
-        if served is None:
+        active = state.live.get(name)
+        if active is None:
             raise UnknownModel(f"unknown model {name!r}; served: {state.live.names()}")
+        served = active.pick(variant)
+        if served is None:
+            raise UnknownModel(
+                f"{name} v{active.version} has no variant {variant!r}; served: "
+                f"{active.served_variants()}"
+            )
         body = await read_body(request, state.settings.max_body_bytes)
         arr, asked = _parse(media_type(request), body)
         x = check_batch(arr, served.input_shape, state.settings.max_instances, name)
@@ -90,6 +104,7 @@ def _answer(served: ServedModel, logits: FloatArray, probabilities: bool, worker
         "predictions": logits.argmax(axis=1).tolist(),
         "version": served.version,
         "model": served.name,
+        "variant": served.variant,
     }
     if probabilities:
         out["probabilities"] = softmax(logits).tolist()
