@@ -19,12 +19,9 @@ filter would also hide them from the user's own code, and pytest resets such fil
 from __future__ import annotations
 
 import copy
-import functools
 import json
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
 
 import torch
 from safetensors import SafetensorError
@@ -33,6 +30,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
+from fedsys.compress.quiet import quiet_ao
 from fedsys.errors import ArtifactRejected
 from fedsys.safetensors_bytes import canonical
 from fedsys.training import evaluate
@@ -43,25 +41,7 @@ _SCALE = ".weight_scale"
 _ZERO = ".weight_zero_point"
 
 
-# The deprecation notices name torchao as the successor; they carry no action for callers.
-_AO_NOTICES = ("torch.ao.quantization is deprecated", ".*quantized tensor creation functions")
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _quiet_ao(fn: _F) -> _F:
-    """Run ``fn`` with torch.ao's deprecation notices silenced."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with warnings.catch_warnings():
-            for message in _AO_NOTICES:
-                warnings.filterwarnings("ignore", message=message)
-            return fn(*args, **kwargs)
-
-    return cast(_F, wrapper)
-
-
-@_quiet_ao
+@quiet_ao
 def quantize_int8(module: nn.Module) -> nn.Module:
     """A dynamically quantized copy of ``module`` (Linear layers int8); ``module`` is untouched."""
     from torch.ao.quantization import quantize_dynamic
@@ -79,7 +59,7 @@ def _dynamic_linears(module: nn.Module) -> Iterator[tuple[str, DynamicLinear]]:
             yield name, child
 
 
-@_quiet_ao
+@quiet_ao
 def int8_to_bytes(qmodule: nn.Module) -> bytes:
     """safetensors bytes of a module made by :func:`quantize_int8`."""
     tensors: dict[str, torch.Tensor] = {}
@@ -146,7 +126,7 @@ def _dequantized(
     return fp32.float(), qweight
 
 
-@_quiet_ao
+@quiet_ao
 def int8_from_bytes(data: bytes, fp32_module: nn.Module) -> nn.Module:
     """Rebuild the quantized module; ``fp32_module`` is a freshly built model of the same
     architecture (its weights are overwritten). ArtifactRejected if the file does not fit."""
@@ -193,7 +173,7 @@ class Int8Report:
         }
 
 
-@_quiet_ao
+@quiet_ao
 def compare_int8(
     module: nn.Module,
     x: torch.Tensor,
