@@ -23,8 +23,9 @@ from fedsys.errors import FedsysError
 EXIT_CODES = "Exit codes: 0 success, 1 the run failed, 2 a usage or config error."
 HELP = (
     "fedsys: federated learning on Flower. Train with simulate, validate a config with "
-    "check-config, serve the trained model with serve, and run a real federation with keys, "
-    "certs, server, client and partition.\n\n"
+    "check-config, pre-train a language model's base with pretrain, build compressed variants "
+    "of a published model with compress, serve the trained model with serve, and run a real "
+    "federation with keys, certs, server, client and partition.\n\n"
     "Results go to stdout; progress and diagnostics to stderr. " + EXIT_CODES
 )
 SIMULATE_HELP = (
