@@ -26,6 +26,7 @@ from torch.fx import GraphModule
 
 from fedsys.compress.quiet import quiet_ao
 from fedsys.errors import ArtifactRejected
+from fedsys.fx_tracing import FX_TRACING
 
 _QUANTIZED = (QConv1d, QConv2d, QLinear)
 CALIBRATION_BATCH = 256
@@ -50,11 +51,12 @@ def _convert(module: nn.Module, calibration: torch.Tensor) -> GraphModule:
 
     torch.backends.quantized.engine = "x86"
     src = copy.deepcopy(module).cpu().eval()
-    prepared = prepare_fx(src, _qconfig_mapping(), (calibration[:1],))  # type: ignore[arg-type]
-    with torch.inference_mode():
-        for begin in range(0, len(calibration), CALIBRATION_BATCH):
-            prepared(calibration[begin : begin + CALIBRATION_BATCH])
-    converted: GraphModule = convert_fx(prepared)
+    with FX_TRACING:  # tracing patches nn.Module.__call__ for the whole process
+        prepared = prepare_fx(src, _qconfig_mapping(), (calibration[:1],))  # type: ignore[arg-type]
+        with torch.inference_mode():
+            for begin in range(0, len(calibration), CALIBRATION_BATCH):
+                prepared(calibration[begin : begin + CALIBRATION_BATCH])
+        converted: GraphModule = convert_fx(prepared)
     return converted.eval()
 
 

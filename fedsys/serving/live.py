@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedsys.fx_tracing import FX_TRACING
 from fedsys.registry import ModelManifest
 from fedsys.serving.batcher import FloatArray
 
@@ -50,7 +51,7 @@ class ServedModel:
 
     def run(self, x: FloatArray) -> FloatArray:
         """Logits for a batch; called from the inference thread only."""
-        with torch.inference_mode():
+        with FX_TRACING, torch.inference_mode():  # never inside a variant's fx trace
             logits = self.module(torch.from_numpy(x))
         out: FloatArray = logits.float().numpy()
         return out
