@@ -118,7 +118,8 @@ def run(clients: int, workers: int, rounds: int, steps: int, timeout: float) -> 
                     hwm = _hwm_kib(pid)
                     cmd = (_read(f"/proc/{pid}/cmdline") or "").replace("\0", " ").strip()
                     if hwm is not None:
-                        peaks[pid] = (max(hwm, peaks.get(pid, (0, ""))[0]), cmd or peaks[pid][1])
+                        seen_hwm, seen_cmd = peaks.get(pid, (0, ""))
+                        peaks[pid] = (max(hwm, seen_hwm), cmd or seen_cmd)
                 time.sleep(0.5)
             if proc.poll() is None:
                 os.killpg(proc.pid, 9)
