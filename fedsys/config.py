@@ -355,6 +355,14 @@ class RuntimeConfig(Section):
         description="Run the simulation on this existing Ray cluster (e.g. 10.0.0.5:6379, or "
         "'auto'); default: RAY_ADDRESS if set, else a Ray instance started for the run.",
     )
+    simulated_nodes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Flower nodes a simulation registers to play its clients; default: one "
+        "per client up to 64, else max(64, 4 x the clients busy at once) (one per client with "
+        "secure aggregation, a Ray cluster or the language-model task). See "
+        "fedsys.server.node_pool.",
+    )
     progress: bool = Field(default=True, description="Live rich table per round.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 

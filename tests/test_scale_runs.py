@@ -14,6 +14,7 @@ from fedsys.app import client_app
 from fedsys.config import build_config
 from fedsys.inprocess import InProcessGrid
 from fedsys.server.loop import run_federation
+from fedsys.server.node_pool import simulated_nodes
 from fedsys.server.records import RunSummary, read_rounds
 
 SMALL = [
@@ -52,7 +53,9 @@ def _run(
     # each run keeps its clients' residuals apart (what `fedsys simulate` does per run id)
     state = f"runtime.node_state_dir={out.parent / (out.name + '-node-state')}"
     cfg = build_config({}, [*SMALL, state, *overrides])
-    grid = InProcessGrid(client_app, cfg.data.num_partitions, node_ids=node_ids)
+    # as many nodes as `fedsys simulate` registers (one per client unless pooled)
+    nodes = simulated_nodes(cfg) if node_ids is None else len(node_ids)
+    grid = InProcessGrid(client_app, nodes, node_ids=node_ids)
     return run_federation(grid, cfg, out, _Silent(), resume=resume, simulation=True)
 
 
@@ -79,6 +82,33 @@ def test_same_seed_same_model_whatever_the_node_ids_and_their_order(tmp_path: Pa
         rounds = read_rounds(tmp_path / out / "metrics.jsonl")
         # with encryption on, no honest update is refused for a key the server lacked
         assert all(r.rejected == [] and r.clients == r.sampled for r in rounds)
+
+
+def test_a_pool_of_nodes_plays_the_clients_with_the_same_result(tmp_path: Path) -> None:
+    """12 clients on 4 Flower nodes (each message on whichever node is free, so a client
+    moves between nodes): the same model as one node per client, every update accepted with
+    encryption and error feedback on (the client's key and residual follow it)."""
+    codec = ["codec.encrypt=true", "codec.quantize=int8"]
+    _run(tmp_path / "one-each", codec)
+    _run(tmp_path / "pooled", [*codec, "runtime.simulated_nodes=4"])
+    _same(_model(tmp_path / "one-each"), _model(tmp_path / "pooled"))
+    rounds = read_rounds(tmp_path / "pooled" / "metrics.jsonl")
+    assert all(r.rejected == [] and r.clients == r.sampled == 3 for r in rounds)
+
+
+def test_fedbuff_on_a_pool_of_nodes(tmp_path: Path) -> None:
+    pooled = [
+        "fedbuff.enabled=true",
+        "fedbuff.concurrency=3",
+        "fedbuff.buffer_size=2",
+        "codec.encrypt=true",
+        "train.rounds=3",
+    ]
+    _run(tmp_path / "one-each", pooled)
+    _run(tmp_path / "pooled", [*pooled, "runtime.simulated_nodes=3"])
+    _same(_model(tmp_path / "one-each"), _model(tmp_path / "pooled"))
+    rounds = read_rounds(tmp_path / "pooled" / "metrics.jsonl")
+    assert all(r.clients == 2 and r.rejected == [] for r in rounds)
 
 
 def test_fedbuff_runs_and_resumes(tmp_path: Path) -> None:
