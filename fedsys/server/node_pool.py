@@ -21,6 +21,7 @@ fetches and drops it), so two messages never run on one node's Flower context at
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterable
 
@@ -56,7 +57,8 @@ def pooling_refused(cfg: ExperimentConfig) -> str | None:
     """Why this run needs one Flower node per client (None: a pool is fine)."""
     if cfg.secagg.enabled:
         return "secure aggregation keeps per-node round state and masks by node id"
-    if cfg.runtime.ray_address:
+    if cfg.runtime.ray_address or os.environ.get("RAY_ADDRESS"):
+        # Ray runs a message on any machine's worker: a pooled client's key file must be shared
         return "clients on several machines do not share the node-state directory"
     if cfg.task == "language_model":
         return "the final per-client scoring addresses every node"
