@@ -132,8 +132,9 @@ def _virtual(
     population, nodes = cfg.data.num_partitions, simulated_nodes(cfg)
     pooled = nodes < population
     reporter.stage(
-        f"{population} simulated clients played by {nodes} nodes"
-        + (", each message on a free one" if pooled else "; nodes get them as they are sampled")
+        f"{population} simulated clients played by {nodes} nodes, each message on a free one"
+        if pooled
+        else f"{population} simulated clients; nodes are given them as they are sampled"
     )
     clients = VirtualClients(grid, population, cfg.train.timeout, pooled=pooled)
     key_grid = (
