@@ -154,6 +154,9 @@ class PooledKeyGrid(KeyGrid):
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Replies to ``message_ids``. A pull names every reply the caller still waits for
+        (as ``exchange`` and the FedBuff loop do): any other reply is the answer to a message
+        given up on, and is dropped once fetched."""
         asked = set(message_ids)
         # replies to messages the caller no longer waits for are fetched too, and dropped
         replies = [*self._stash.values(), *self._release(list(self._sent))]
