@@ -106,3 +106,15 @@ def test_a_merged_version_is_served_and_agrees_too(corpus: Path, tmp_path: Path)
     cfg = served_config(corpus, tmp_path, merge=True, int8_copy=True)
     with served_run(cfg, tmp_path / "run") as (_, summary):
         _agree(summary)
+
+
+def test_a_base_is_addressed_by_its_weights_and_its_tokenizer(corpus: Path) -> None:
+    from fedsys.tasks.lm.publish import base_address
+    from fedsys.tasks.lm.tokenizer import ByteTokenizer, train_bpe
+
+    lm = lm_config(corpus).lm
+    byte = base_address(ByteTokenizer(), lm, "a" * 64)
+    assert byte == base_address(ByteTokenizer(), lm, "a" * 64)
+    assert byte != base_address(ByteTokenizer(), lm, "b" * 64)
+    bpe = train_bpe(["def alpha(x):\n    return x\n"] * 5, vocab_size=300)
+    assert byte != base_address(bpe, lm, "a" * 64)  # same weights, another tokenizer

@@ -4,7 +4,8 @@ sha256 that proves a loaded base is the one the version was trained on.
 The digest runs over every tensor of the state dict in name order (name, dtype, shape, raw
 bytes), so it does not depend on how the safetensors file was written.
 
-A run stores its base in the registry once, content-addressed (``bases/<sha256>/``), and its
+A run stores its base in the registry once, content-addressed (``bases/<address>/``, a
+sha256 the task computes over the weights' sha256 and the tokenizer's files), and its
 versions name it by that relative path: a registry copied elsewhere still serves, and a base
 directory that is later overwritten (another ``fedsys pretrain``) cannot change what a
 version means.
@@ -45,12 +46,12 @@ def base_directory(registry_root: Path, base: str) -> Path:
     return path
 
 
-def store_base(registry_root: Path, sha256: str, write: Callable[[Path], None]) -> str:
-    """``bases/<sha256>`` under the registry (what a version's ``base`` names), written by
+def store_base(registry_root: Path, address: str, write: Callable[[Path], None]) -> str:
+    """``bases/<address>`` under the registry (what a version's ``base`` names), written by
     ``write`` into a hidden directory and renamed into place the first time only."""
-    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-        raise ArtifactRejected(f"base sha256 {sha256!r} is not 64 lowercase hex digits")
-    relative = f"{BASES_DIR}/{sha256}"
+    if len(address) != 64 or any(c not in "0123456789abcdef" for c in address):
+        raise ArtifactRejected(f"base address {address!r} is not 64 lowercase hex digits")
+    relative = f"{BASES_DIR}/{address}"
     final = Path(registry_root) / relative
     if (final / "config.json").is_file():
         return relative
@@ -59,7 +60,7 @@ def store_base(registry_root: Path, sha256: str, write: Callable[[Path], None]) 
     try:
         write(tmp)
         if not (tmp / "config.json").is_file():
-            raise ArtifactRejected(f"the base written for {sha256[:12]}... has no config.json")
+            raise ArtifactRejected(f"the base written for {address[:12]}... has no config.json")
         try:
             os.rename(tmp, final)
         except OSError:

@@ -389,7 +389,7 @@ class Publisher:
         language_model = None
         if made.language_model is not None:
             content = made.language_model
-            base = store_base(self.registry.root, content.base_sha256, content.write_base)
+            base = store_base(self.registry.root, content.base_address, content.write_base)
             language_model = LanguageModelVersion(
                 kind=content.kind,
                 base=base,

@@ -44,11 +44,13 @@ class Metrics:
 class LanguageModelContent:
     """What a language-model version is over its base (the manifest's ``language_model``):
     ``kind`` adapter or merged, the adapter's peft config, and the base the registry stores
-    once (``bases/<base_sha256>``) and the version names: ``write_base`` writes its Hugging
-    Face directory (config, weights, tokenizer) when the registry does not hold it yet."""
+    once, under ``bases/<base_address>`` (a sha256 over the weights' ``base_sha256`` and the
+    tokenizer), which the version names: ``write_base`` writes its Hugging Face directory
+    (config, weights, tokenizer) when the registry does not hold it yet."""
 
     kind: Literal["adapter", "merged"]
     base_sha256: str
+    base_address: str
     write_base: Callable[[Path], None]
     adapter_config: dict[str, Any] | None = None
 

@@ -3,15 +3,17 @@
 
 An adapter version is peft's saved tensors plus their ``LoraConfig``; a merged version is every
 tensor of the base with the adapter folded in, and is what the int8 copy quantizes. Either names
-its base by the registry's copy (``bases/<sha256>``, written once per base), so the endpoint
-loads the base, checks its sha256 and serves the version without anything from the run.
+its base by the registry's copy (``bases/<address>``, written once per base and tokenizer), so
+the endpoint loads the base, checks its sha256 and serves the version with nothing from the run.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,30 @@ def describe(base: BaseModel, lm: LMConfig) -> dict[str, Any]:
     }
 
 
+def _write_tokenizer(tokenizer: TextTokenizer, lm: LMConfig, directory: Path) -> None:
+    """The tokenizer the run trained with: the checkpoint's own files, or ours saved."""
+    directory.mkdir(parents=True, exist_ok=True)
+    source = lm.base.expanduser() if lm.base is not None else None
+    if lm.tokenizer.kind == "checkpoint" and source is not None:
+        for pattern in TOKENIZER_FILES:
+            for path in source.glob(pattern):
+                if path.is_file():
+                    shutil.copy2(path, directory / path.name)
+    else:
+        tokenizer.save(directory)
+
+
+def base_address(tokenizer: TextTokenizer, lm: LMConfig, base_sha256: str) -> str:
+    """The registry's name for a base directory: sha256 over the weights' sha256 and the
+    tokenizer's files, so one set of weights served with two tokenizers is two bases."""
+    digest = hashlib.sha256(f"{base_sha256}\0".encode())
+    with tempfile.TemporaryDirectory(prefix="fedsys-tokenizer-") as tmp:
+        _write_tokenizer(tokenizer, lm, Path(tmp))
+        for path in sorted(Path(tmp).iterdir()):
+            digest.update(f"{path.name}\0".encode() + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def base_writer(
     fresh_base: Callable[[], BaseModel],
     tokenizer: TextTokenizer,
@@ -106,13 +132,6 @@ def base_writer(
             )
         directory.mkdir(parents=True, exist_ok=True)
         base.model.save_pretrained(str(directory))  # type: ignore[operator]
-        source = lm.base.expanduser() if lm.base is not None else None
-        if lm.tokenizer.kind == "checkpoint" and source is not None:
-            for pattern in TOKENIZER_FILES:
-                for path in source.glob(pattern):
-                    if path.is_file():
-                        shutil.copy2(path, directory / path.name)
-        else:
-            tokenizer.save(directory)
+        _write_tokenizer(tokenizer, lm, directory)
 
     return write

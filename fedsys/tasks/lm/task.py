@@ -227,10 +227,11 @@ class LanguageModelTask:
 
     def publication(self, state: Mapping[str, np.ndarray], merge: bool) -> Publication | None:
         """The adapter over the run's base, or (``merge``, and full fine-tuning) the merged
-        model; either names the base the registry stores once (``bases/<sha256>``)."""
+        model; either names the base the registry stores once (``bases/<address>``)."""
         from fedsys.tasks.lm.publish import (
             adapter_config,
             adapter_tensors,
+            base_address,
             base_writer,
             describe,
             merged_model,
@@ -238,20 +239,21 @@ class LanguageModelTask:
 
         model = self.model()
         base = self.base
+        tokenizer = self.tokenizer
+        where = (base.sha256, base_address(tokenizer, self.lm, base.sha256))
         write_base = base_writer(
-            lambda: load_base(self.cfg, self.tokenizer), self.tokenizer, self.lm, base.sha256
+            lambda: load_base(self.cfg, tokenizer), tokenizer, self.lm, base.sha256
         )
         content: LanguageModelContent
         if merge or self.aggregation == "full":
             merged = merged_model(model, state, self.aggregation)
             weights = {k: v.detach().numpy().copy() for k, v in merged.state_dict().items()}
-            content = LanguageModelContent("merged", base.sha256, write_base)
+            content = LanguageModelContent("merged", *where, write_base)
             module: nn.Module | None = merged
         else:
             weights = adapter_tensors(model, state, self.aggregation)
-            content = LanguageModelContent(
-                "adapter", base.sha256, write_base, adapter_config=adapter_config(model)
-            )
+            config = adapter_config(model)
+            content = LanguageModelContent("adapter", *where, write_base, adapter_config=config)
             module = None
         return Publication(
             weights=weights,
