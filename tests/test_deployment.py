@@ -178,7 +178,7 @@ def test_deployed_federation(tmp_path: Path, procs: Procs) -> None:
             "name": "deployed",
             "data": {"num_partitions": 3},
             "model": {"channels": 8},
-            "train": {"rounds": 5, "max_steps": 5, "timeout": 60},
+            "train": {"rounds": 5, "max_steps": 5, "timeout": 120},
             "strategy": {"min_available_nodes": 2, "min_train_nodes": 2},
             "codec": {"quantize": "int8", "encrypt": True},
             "publish": {"mode": "at_end", "endpoint": f"http://127.0.0.1:{serve_port}"},
