@@ -34,14 +34,13 @@ def served_config(corpus: Path, tmp: Path, **publish: Any) -> ExperimentConfig:
 def served_run(cfg: ExperimentConfig, out: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """The federation (in one process) with its endpoint, as ``fedsys simulate`` runs them:
     (the endpoint's URL, summary.json after the held-out text went through it)."""
-    from test_lm_federation import _federate
-
+    from fedsys.inprocess import run_in_process
     from fedsys.simulation_endpoint import close_loop, endpoint_for
 
     with endpoint_for(cfg, out) as url:
         assert url is not None
-        _federate(cfg, out)
         with contextlib.redirect_stderr(io.StringIO()):
+            run_in_process(cfg, out)
             close_loop(cfg, out, url)
         yield url, json.loads((out / "summary.json").read_text())
 
