@@ -468,14 +468,15 @@ def _uncorrelated(seed: int) -> bytes:
     return encode_update(_delta(seed), [Quantize(bits=8)], num_examples=10).payload
 
 
-def test_nearly_orthogonal_honest_updates_are_all_kept() -> None:
-    collector = _collector(defense=DefenseConfig(), bound=NormBound(DefenseConfig()))
+def test_with_the_spread_line_nearly_orthogonal_honest_updates_are_kept() -> None:
+    spread = DefenseConfig(min_cosine_spread=3.0)
+    collector = _collector(defense=spread, bound=NormBound(spread))
     for node in range(1, 8):
         collector.offer(_plain(node, _uncorrelated(node)))
     result = _finish(collector)
     assert result.accepted == 7 and not result.rejected
-    # the fixed threshold alone refuses the ones that happen to point slightly away
-    fixed = DefenseConfig(min_cosine_spread=0)
+    # the fixed threshold alone (the default) refuses the ones that point slightly away
+    fixed = DefenseConfig()
     strict = _collector(defense=fixed, bound=NormBound(fixed))
     for node in range(1, 8):
         strict.offer(_plain(node, _uncorrelated(node)))
