@@ -9,15 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from lm_support import VOCAB, base_into_registry, publish_lm, tiny_llama
+from lm_task_support import write_jsonl
 from serving_support import make_registry, settings
+from typer.testing import CliRunner
 
+from fedsys.cli import app
 from fedsys.compress.job import compress_version
 from fedsys.compress.lm.int8 import int8_weight_count
 from fedsys.compress.lm.job import LMCompressOutcome, LMText, compress_lm_version
 from fedsys.config import build_config
+from fedsys.crypto.keys import write_private_key
 from fedsys.errors import ConfigError
 from fedsys.registry import Registry
 from fedsys.registry.variants import read_variant, variant_module, variant_names
@@ -195,3 +200,30 @@ def test_variants_are_served_through_completions_and_listed(
         listed = {v["variant"]: v for v in described["variants"]["1"]}
         assert set(listed) == {"int8", "lowrank"}
         assert listed["int8"]["metrics"]["throughput_per_s"] > 0
+
+
+def test_fedsys_compress_builds_the_variants_of_a_language_model_version(
+    registry: tuple[Path, Ed25519PrivateKey], tmp_path: Path
+) -> None:
+    """The command on an LM version: held-out text from the config's lm section, a table
+    with perplexities, and the variant signed into the version."""
+    root, key = registry
+    key_path = tmp_path / "publisher.key"
+    write_private_key(key_path, key)
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", repeats=10)
+    cfg = {
+        "task": "language_model",
+        "data": {"num_partitions": 3},
+        "lm": {"text": {"source": "jsonl", "path": str(corpus), "seq_len": 32}},
+    }
+    config_path = tmp_path / "lm.yaml"
+    config_path.write_text(yaml.safe_dump(cfg))
+    args = ["compress", "--registry", str(root), "--name", "lm", "--version", "1"]
+    args += ["--signing-key", str(key_path), "--config", str(config_path), "--replace"]
+    sets = [*FAST, "compress.variants=[int8]", "compress.perplexity_budget=1"]
+    for item in sets:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "perplexity" in result.output and "published" in result.output
+    assert "int8" in variant_names(Registry(root).version_dir("lm", 1))
