@@ -100,7 +100,8 @@ def endpoint(root: Path, s: dict[str, Any]) -> dict[str, Any]:
                 asyncio.run(drive(port, bodies(form, s["single_requests"]), 1, single[form]))
                 results: list[dict[str, Any]] = []
                 start = time.perf_counter()
-                asyncio.run(drive(port, bodies(form, s["batch_requests"]), s["concurrency"], results))
+                many = bodies(form, s["batch_requests"])
+                asyncio.run(drive(port, many, s["concurrency"], results))
                 batch[form].append((results, time.perf_counter() - start))
     out = {}
     for form in FORMS:
@@ -181,6 +182,6 @@ def lm_table(result: dict[str, Any]) -> str:
             f"{r['perplexity']:.3f} | {r.get('perplexity_rise', 0.0) * 100:+.1f}% | "
             f"{r['latency_p50_ms']:.2f} | {r['throughput_per_s']:,.0f} | "
             f"{ep['batch1_latency_p50_ms']:.0f} ms | {ep['concurrent_tokens_per_s']:,.0f} | "
-            f"{speed:.2f} | {r['budget'] or '–'} |"
+            f"{speed:.2f} | {r['budget'] or '-'} |"
         )
     return "\n".join(lines)
