@@ -19,7 +19,9 @@ class DefenseConfig(Section):
 
     The direction check (linear strategies) rejects, once the round's replies are all in, an
     update whose cosine similarity with the sum of the other accepted updates is below
-    ``min_cosine``: a sign-flipped update has an honest norm but points against the majority.
+    ``min_cosine`` and, unless ``min_cosine_spread`` is 0, more than that many robust standard
+    deviations below the round's median cosine: a sign-flipped update has an honest norm but
+    points against the majority, while late in training honest updates scatter around zero.
     It holds the round's validated payloads until then, so it runs only while the sampled
     clients' largest possible payloads fit in ``hold_budget_mb``.
     """
@@ -40,6 +42,13 @@ class DefenseConfig(Section):
         ge=-1,
         lt=1,
         description="Least cosine similarity between an update and the sum of the others.",
+    )
+    min_cosine_spread: float = Field(
+        default=3.0,
+        ge=0,
+        description="An update below min_cosine is rejected only when it also lies this many "
+        "robust standard deviations (1.4826 x MAD) below the round's median cosine; 0: the "
+        "fixed min_cosine alone.",
     )
     hold_budget_mb: int = Field(
         default=256,

@@ -89,6 +89,6 @@ def test_starlettes_test_client_finds_httpx2() -> None:
         [sys.executable, "-W", "error::UserWarning", "-c", "import starlette.testclient"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr

@@ -10,10 +10,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-from fedsys.app import client_app
 from fedsys.config import build_config
-from fedsys.inprocess import InProcessGrid
-from fedsys.server.loop import run_federation
+from fedsys.inprocess import run_in_process
 from fedsys.server.records import RunSummary, read_rounds
 
 SMALL = [
@@ -32,28 +30,13 @@ SMALL = [
 ]
 
 
-class _Silent:
-    def start(self, total_rounds: int, done_rounds: int) -> None:
-        pass
-
-    def update(self, record: object) -> None:
-        pass
-
-    def stage(self, text: str) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
 def _run(
     out: Path, overrides: list[str], *, node_ids: list[int] | None = None, resume: bool = False
 ) -> RunSummary:
     # each run keeps its clients' residuals apart (what `fedsys simulate` does per run id)
     state = f"runtime.node_state_dir={out.parent / (out.name + '-node-state')}"
     cfg = build_config({}, [*SMALL, state, *overrides])
-    grid = InProcessGrid(client_app, cfg.data.num_partitions, node_ids=node_ids)
-    return run_federation(grid, cfg, out, _Silent(), resume=resume, simulation=True)
+    return run_in_process(cfg, out, node_ids=node_ids, resume=resume, simulation=True)
 
 
 def _model(out: Path) -> dict[str, np.ndarray]:
