@@ -3,6 +3,7 @@ model, judged by held-out perplexity, signed into the version, served by /v1/com
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,26 +161,38 @@ def test_the_classifier_config_cannot_judge_a_language_model(
         compress_version(Registry(root), "lm", 1, config(), key)  # type: ignore[arg-type]
 
 
-def test_variants_are_served_through_completions_and_listed(
+def test_variants_are_served_through_completions_listed_and_picked_up(
     registry: tuple[Path, Ed25519PrivateKey],
 ) -> None:
+    """int8 is served from the start; lowrank, compressed while the endpoint runs, is picked
+    up by the registry poll; both answer /v1/completions?variant= and the body field."""
     root, key = registry
-    outcome = _compress(
-        root,
-        key,
-        "lora",
-        "compress.variants=[int8,lowrank]",
-        "compress.lowrank_rank=8",
-        "compress.perplexity_budget=10",
-    )
-    assert outcome.published == ("int8", "lowrank")
+    _compress(root, key, "lora", "compress.variants=[int8]", "compress.perplexity_budget=10")
     limits = GenerationLimits(max_prompt_tokens=64, max_sequences=8)
     expected = _stored(root, key, "lora", "int8")
     with torch.inference_mode():
-        ids = expected.generate(torch.tensor([list(b"def f")]), max_new_tokens=5,
-                                min_new_tokens=5, do_sample=False, pad_token_id=256)  # fmt: skip
+        ids = expected.generate(
+            torch.tensor([list(b"def f")]),
+            max_new_tokens=5,
+            min_new_tokens=5,
+            do_sample=False,
+            pad_token_id=256,
+        )
     greedy = bytes(ids[0, 5:].tolist()).decode("utf-8", errors="replace")
     with TestClient(create_app(settings(root, generation=limits))) as client:
+        assert client.get("/v1/models/lora").json()["served_variants"] == ["fp32", "int8"]
+        _compress(
+            root,
+            key,
+            "lora",
+            "compress.variants=[lowrank]",
+            "compress.lowrank_rank=8",
+            "compress.perplexity_budget=10",
+        )
+        deadline = time.monotonic() + 60
+        while "lowrank" not in client.get("/v1/models/lora").json()["served_variants"]:
+            assert time.monotonic() < deadline, "the new variant was never served"
+            time.sleep(0.05)
         body = {"model": "lora", "prompt": "def f", "max_tokens": 5, "temperature": 0}
         answers = {}
         for variant in ("fp32", "int8", "lowrank"):
@@ -195,6 +208,9 @@ def test_variants_are_served_through_completions_and_listed(
         assert plain["variant"] == "fp32"
         missing = client.post("/v1/completions", json={**body, "variant": "pruned"})
         assert missing.status_code == 404 and "int8" in missing.json()["error"]["message"]
+        both = client.post("/v1/completions", json={**body, "variant": "int8"},
+                           params={"variant": "lowrank"})  # fmt: skip
+        assert both.status_code == 400
         described = client.get("/v1/models/lora").json()
         assert described["served_variants"] == ["fp32", "int8", "lowrank"]
         listed = {v["variant"]: v for v in described["variants"]["1"]}
