@@ -2,13 +2,15 @@
 
     python simulations/bench_compress.py --lm [--quick]
 
-The base is ``lm_small`` (Llama-style, 4 layers, hidden 256, ~5.3M parameters at the byte
-tokenizer's 257 tokens), pre-trained briefly with ``fedsys pretrain``'s code on the public
+The base is ``lm_small`` (Llama-style, 4 layers, hidden 256, MLP 688; 3.3M parameters with the
+byte tokenizer's 257 tokens), pre-trained briefly with ``fedsys pretrain``'s code on the public
 split of ``configs/lm_quickstart.yaml`` (the standard library's sources, byte tokens, 128-token
 chunks), so that perplexities mean something. It is published as a merged language-model
 version and compressed by ``fedsys.compress.compress_version`` (int8 weight-only through
 torchao; low-rank by SVD at a fixed rank, then a short next-token fine-tune on the public
-text). Perplexity is on the clients' held-out text (never trained on). The bench lifts the
+text). Perplexity is on the clients' held-out text (never trained on). Two controls say what
+the low-rank row owes to its fine-tune: the same factorisation without it, and the fp32 model
+given the same fine-tune steps. The bench lifts the
 perplexity budget so that every variant is published and measured, and marks the ones the
 default budget (``compress.perplexity_budget=0.05``) refuses.
 
@@ -118,6 +120,41 @@ def endpoint(root: Path, s: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def controls(model: torch.nn.Module, base: Path, cfg: ExperimentConfig) -> dict[str, Any]:
+    """What the low-rank row owes to its fine-tune: the same factorisation without it, and
+    the fp32 model given the same fine-tune steps (in-process perplexity only)."""
+    import copy
+
+    from fedsys.compress.lm.architecture import architecture
+    from fedsys.compress.lm.artifact import load_lm_variant
+    from fedsys.compress.lm.job import experiment_text
+    from fedsys.compress.lm.pipeline import _finetune, build_lm_variant
+    from fedsys.tasks.lm.train import evaluate_lm
+
+    text = experiment_text(cfg, int(model.get_input_embeddings().num_embeddings))
+    lm = cfg.compress.lm.model_copy(update={"finetune_steps": 0})
+    plain = cfg.compress.model_copy(update={"lm": lm})
+    data = build_lm_variant("lowrank", model, text.public, plain, cfg.runtime.seed)
+    factorised = load_lm_variant(data, architecture(base))
+    cpu = torch.device("cpu")
+
+    def perplexity(m: torch.nn.Module) -> float:
+        return evaluate_lm(m, text.heldout, batch_size=8, device=cpu).perplexity
+
+    tuned = copy.deepcopy(model)
+    _finetune(tuned, text.public, cfg.compress, cfg.runtime.seed)
+    return {
+        "lowrank_without_finetune": {
+            "bytes": len(data),
+            "perplexity": perplexity(factorised),
+        },
+        "fp32_with_the_same_finetune": {
+            "perplexity": perplexity(tuned),
+            "steps": cfg.compress.lm.finetune_steps,
+        },
+    }
+
+
 def bench_lm_small(tmp: Path, quick: bool) -> dict[str, Any]:
     s = settings(quick)
     torch.set_num_threads(1)
@@ -146,6 +183,7 @@ def bench_lm_small(tmp: Path, quick: bool) -> dict[str, Any]:
             "perplexity_rise": v.metrics.perplexity / fp32.perplexity - 1.0,
             "budget": "within" if verdict is None else "over",
         }
+    checks = controls(model.eval(), base, cfg)
     served = endpoint(registry.root, s)
     for form, figures in served.items():
         rows.setdefault(form, {})["endpoint"] = figures
@@ -159,6 +197,7 @@ def bench_lm_small(tmp: Path, quick: bool) -> dict[str, Any]:
         },
         "compress_seconds": round(compress_s, 1),
         "variants": rows,
+        "controls": checks,
     }
 
 
