@@ -482,11 +482,10 @@ def test_nearly_orthogonal_honest_updates_are_all_kept() -> None:
     assert _finish(strict).rejected
 
 
-def test_the_direction_threshold_is_the_lowest_of_the_fixed_and_the_rounds_own_lines() -> None:
-    assert direction_threshold([0.6, 0.62, 0.58, -0.6], 0.0, 3.0) == -0.295  # the mirror line
+def test_the_direction_threshold_is_the_lower_of_the_fixed_and_the_rounds_own_line() -> None:
+    assert direction_threshold([0.6, 0.62, 0.58, -0.6], 0.0, 3.0) == 0.0  # the fixed line
     low = direction_threshold([0.01, -0.03, 0.02, -0.01, 0.03], 0.0, 3.0)
-    assert -0.2 < low < -0.03  # the spread line
-    assert direction_threshold([0.6, 0.62, 0.58, -0.6], -0.8, 3.0) == -0.8  # the fixed line
+    assert -0.2 < low < -0.03  # the round's own line
     assert direction_threshold([0.01, -0.03, 0.02], 0.0, 0.0) == 0.0
     assert direction_threshold([0.5, -0.5], 0.0, 3.0) == 0.0  # too few to judge a spread
 

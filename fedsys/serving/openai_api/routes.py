@@ -20,7 +20,7 @@ from fedsys.errors import InvalidParameter, MalformedRequest, UnsupportedMediaTy
 from fedsys.serving.generation.served import LanguageModels, ServedLM
 from fedsys.serving.guards import check_client_key
 from fedsys.serving.inputs import media_type, read_body
-from fedsys.serving.openai_api import generate
+from fedsys.serving.openai_api import echo, generate
 from fedsys.serving.openai_api.errors import openai_error
 from fedsys.serving.openai_api.schemas import (
     ChatCompletion,
@@ -96,21 +96,28 @@ def _served(state: ServingState, model: str, body: str | None, query: str | None
     responses={200: {"model": Completion}, **ERRORS},
 )
 async def completions(request: Request, state: Serving, variant: VariantQuery = None) -> Response:
-    """Text completions of one or several prompts; ``stream`` for server-sent events."""
+    """Text completions of one or several prompts; ``stream`` for server-sent events;
+    ``echo`` with ``max_tokens: 0`` and ``logprobs``: the prompt's token log-probabilities."""
     check_client_key(state, request, "completions")
     req = await _parse(state, request, CompletionRequest)
     served = _served(state, req.model, req.variant, variant)
     engine = served.engine
     prompts = generate.prompts_of(req.prompt, engine.encode)
+    envelope = generate.envelope("text_completion", served)
+    include = bool(req.stream_options and req.stream_options.include_usage)
+    if req.scores_prompt:  # echo with max_tokens 0: the prompt's log-probabilities
+        scored, used = await echo.scored_choices(served, req, prompts)
+        if req.stream:
+            return _sse(echo.scored_stream(envelope, scored, used, include_usage=include))
+        return JSONResponse({**envelope, "choices": scored, "usage": used})
     params = generate.sampling_params(req, req.max_tokens, engine.limits.default_max_tokens)
     handles = generate.submit_all(served, prompts, params, req.n)
-    envelope = generate.envelope("text_completion", served)
 
-    def choice(index: int, text: str, finish: str | None) -> dict[str, Any]:
+    def plain(index: int, text: str, finish: str | None) -> dict[str, Any]:
         return {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
 
+    choice = echo.echoed(prompts, req.n, engine.decode, plain) if req.echo else plain
     if req.stream:
-        include = bool(req.stream_options and req.stream_options.include_usage)
         return _sse(generate.stream(handles, envelope, choice, include_usage=include))
     outcomes = await generate.collect(handles)
     choices = [choice(i, o.text, generate.finish_reason(o.finish)) for i, o in enumerate(outcomes)]
