@@ -243,3 +243,13 @@ def test_fedsys_compress_builds_the_variants_of_a_language_model_version(
     assert result.exit_code == 0, result.output
     assert "perplexity" in result.output and "published" in result.output
     assert "int8" in variant_names(Registry(root).version_dir("lm", 1))
+
+
+def test_a_language_model_run_compresses_without_a_classifier_public_split() -> None:
+    """A language model's public text is lm.text's; compress.enabled leaves data's alone."""
+    cfg = build_config(
+        {"task": "language_model", "data": {"public_fraction": 0}, "compress": {"enabled": True}}
+    )
+    assert cfg.compress.enabled and cfg.data.public_fraction == 0
+    with pytest.raises(ConfigError, match="public split"):
+        build_config({"data": {"public_fraction": 0}, "compress": {"enabled": True}})
