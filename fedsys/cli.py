@@ -68,6 +68,9 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("fedsys").setLevel(level)
     progress = logging.ERROR if level == "ERROR" else logging.INFO
     logging.getLogger("fedsys.progress").setLevel(progress)
+    # transformers imports torchao (the LM int8 variants' library) with every model class;
+    # on a CPU-only torch its import warns that its CUDA extensions do not load: no action.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
 
 
 def _version_text() -> str:

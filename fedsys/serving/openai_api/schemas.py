@@ -51,6 +51,13 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = Field(
         default=False, description="Extension (as in vLLM): generate max_tokens tokens."
     )
+    variant: str | None = Field(
+        default=None,
+        max_length=32,
+        description="Extension: a compressed variant of the version (int8, lowrank) or fp32; "
+        "the same as the ?variant= query parameter. Default: the endpoint's default variant "
+        "where the version has it, else fp32.",
+    )
 
     @model_validator(mode="after")
     def _stop_list(self) -> SamplingFields:
@@ -148,6 +155,7 @@ class Completion(BaseModel):
     choices: list[CompletionChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+    variant: str | None = Field(default=None, description="Extension: the form that answered.")
 
 
 class ChatChoice(BaseModel):
@@ -164,6 +172,7 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+    variant: str | None = Field(default=None, description="Extension: the form that answered.")
 
 
 class ErrorDetail(BaseModel):
