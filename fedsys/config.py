@@ -464,8 +464,11 @@ class ExperimentConfig(Section):
     @model_validator(mode="after")
     def _check_compress(self) -> ExperimentConfig:
         """Compression tunes on the server's public split: compress.enabled holds back 10% of
-        the training set unless data.public_fraction or data.public_path says otherwise."""
+        the training set unless data.public_fraction or data.public_path says otherwise. A
+        language model's public text is lm.text's own split, so data's is not needed."""
         if not self.compress.enabled or self.data.public_path is not None:
+            return self
+        if self.task == "language_model":
             return self
         if self.data.public_fraction > 0:
             return self

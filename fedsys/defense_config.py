@@ -19,7 +19,7 @@ class DefenseConfig(Section):
 
     The direction check (linear strategies) rejects, once the round's replies are all in, an
     update whose cosine similarity with the sum of the other accepted updates is below
-    ``min_cosine`` and, unless ``min_cosine_spread`` is 0, more than that many robust standard
+    ``min_cosine`` and, when ``min_cosine_spread`` is set, more than that many robust standard
     deviations below the round's median cosine: a sign-flipped update has an honest norm but
     points against the majority, while late in training honest updates scatter around zero.
     It holds the round's validated payloads until then, so it runs only while the sampled
@@ -44,11 +44,12 @@ class DefenseConfig(Section):
         description="Least cosine similarity between an update and the sum of the others.",
     )
     min_cosine_spread: float = Field(
-        default=3.0,
+        default=0.0,
         ge=0,
-        description="An update below min_cosine is rejected only when it also lies this many "
-        "robust standard deviations (1.4826 x MAD) below the round's median cosine; 0: the "
-        "fixed min_cosine alone.",
+        description="When > 0 (e.g. 3), an update below min_cosine is rejected only when it "
+        "also lies this many robust standard deviations (1.4826 x MAD) below the round's "
+        "median cosine: fewer honest updates refused late in training, more sign flips "
+        "let through under a large attacking share; 0 (default): the fixed min_cosine alone.",
     )
     hold_budget_mb: int = Field(
         default=256,

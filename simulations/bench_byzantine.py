@@ -45,6 +45,8 @@ OFF = ["defense.norm_bound=none", "defense.direction_check=false"]
 STRATEGIES: dict[str, list[str]] = {
     "fedavg": ["strategy.name=fedavg", *OFF],
     "fedavg+defense": ["strategy.name=fedavg"],  # the default defence: norm bound + direction
+    # the direction check's opt-in spread line (keeps nearly orthogonal honest updates)
+    "fedavg+defense+spread": ["strategy.name=fedavg", "defense.min_cosine_spread=3"],
     "fedmedian": ["strategy.name=fedmedian", *OFF],
     "krum": ["strategy.name=krum", *OFF],
     "fedtrimmedavg": ["strategy.name=fedtrimmedavg", *OFF],

@@ -468,25 +468,25 @@ def _uncorrelated(seed: int) -> bytes:
     return encode_update(_delta(seed), [Quantize(bits=8)], num_examples=10).payload
 
 
-def test_nearly_orthogonal_honest_updates_are_all_kept() -> None:
-    collector = _collector(defense=DefenseConfig(), bound=NormBound(DefenseConfig()))
+def test_with_the_spread_line_nearly_orthogonal_honest_updates_are_kept() -> None:
+    spread = DefenseConfig(min_cosine_spread=3.0)
+    collector = _collector(defense=spread, bound=NormBound(spread))
     for node in range(1, 8):
         collector.offer(_plain(node, _uncorrelated(node)))
     result = _finish(collector)
     assert result.accepted == 7 and not result.rejected
-    # the fixed threshold alone refuses the ones that happen to point slightly away
-    fixed = DefenseConfig(min_cosine_spread=0)
+    # the fixed threshold alone (the default) refuses the ones that point slightly away
+    fixed = DefenseConfig()
     strict = _collector(defense=fixed, bound=NormBound(fixed))
     for node in range(1, 8):
         strict.offer(_plain(node, _uncorrelated(node)))
     assert _finish(strict).rejected
 
 
-def test_the_direction_threshold_is_the_lowest_of_the_fixed_and_the_rounds_own_lines() -> None:
-    assert direction_threshold([0.6, 0.62, 0.58, -0.6], 0.0, 3.0) == -0.295  # the mirror line
+def test_the_direction_threshold_is_the_lower_of_the_fixed_and_the_rounds_own_line() -> None:
+    assert direction_threshold([0.6, 0.62, 0.58, -0.6], 0.0, 3.0) == 0.0  # the fixed line
     low = direction_threshold([0.01, -0.03, 0.02, -0.01, 0.03], 0.0, 3.0)
-    assert -0.2 < low < -0.03  # the spread line
-    assert direction_threshold([0.6, 0.62, 0.58, -0.6], -0.8, 3.0) == -0.8  # the fixed line
+    assert -0.2 < low < -0.03  # the round's own line
     assert direction_threshold([0.01, -0.03, 0.02], 0.0, 0.0) == 0.0
     assert direction_threshold([0.5, -0.5], 0.0, 3.0) == 0.0  # too few to judge a spread
 
