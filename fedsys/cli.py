@@ -68,6 +68,9 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("fedsys").setLevel(level)
     progress = logging.ERROR if level == "ERROR" else logging.INFO
     logging.getLogger("fedsys.progress").setLevel(progress)
+    # transformers imports torchao (the LM int8 variants' library) with every model class;
+    # on a CPU-only torch its import warns that its CUDA extensions do not load: no action.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
 
 
 def _version_text() -> str:
@@ -168,6 +171,12 @@ def simulate(
     summary = json.loads(summary_path.read_text())
     served = summary.get("served_accuracy")
     served_text = f" (served: {served:.4f})" if served is not None else ""
+    perplexity = summary.get("final_perplexity")
+    if perplexity is not None:
+        served_ppl = summary.get("served_perplexity")
+        served_text += f", perplexity {perplexity:.4f}" + (
+            f" (served: {served_ppl:.4f})" if served_ppl is not None else ""
+        )
     stdout.print(
         f"[bold green]done[/bold green]: final accuracy {summary['final_accuracy']:.4f}"
         f"{served_text} after {summary['rounds']} rounds, {summary['wall_seconds']:.1f} s; "

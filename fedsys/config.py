@@ -355,6 +355,14 @@ class RuntimeConfig(Section):
         description="Run the simulation on this existing Ray cluster (e.g. 10.0.0.5:6379, or "
         "'auto'); default: RAY_ADDRESS if set, else a Ray instance started for the run.",
     )
+    simulated_nodes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Flower nodes a simulation registers to play its clients; default: one "
+        "per client up to 64, else max(64, 4 x the clients busy at once) (one per client with "
+        "secure aggregation, a Ray cluster or the language-model task). See "
+        "fedsys.server.node_pool.",
+    )
     progress: bool = Field(default=True, description="Live rich table per round.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
@@ -456,8 +464,11 @@ class ExperimentConfig(Section):
     @model_validator(mode="after")
     def _check_compress(self) -> ExperimentConfig:
         """Compression tunes on the server's public split: compress.enabled holds back 10% of
-        the training set unless data.public_fraction or data.public_path says otherwise."""
+        the training set unless data.public_fraction or data.public_path says otherwise. A
+        language model's public text is lm.text's own split, so data's is not needed."""
         if not self.compress.enabled or self.data.public_path is not None:
+            return self
+        if self.task == "language_model":
             return self
         if self.data.public_fraction > 0:
             return self

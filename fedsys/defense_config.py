@@ -19,7 +19,9 @@ class DefenseConfig(Section):
 
     The direction check (linear strategies) rejects, once the round's replies are all in, an
     update whose cosine similarity with the sum of the other accepted updates is below
-    ``min_cosine``: a sign-flipped update has an honest norm but points against the majority.
+    ``min_cosine`` and, when ``min_cosine_spread`` is set, more than that many robust standard
+    deviations below the round's median cosine: a sign-flipped update has an honest norm but
+    points against the majority, while late in training honest updates scatter around zero.
     It holds the round's validated payloads until then, so it runs only while the sampled
     clients' largest possible payloads fit in ``hold_budget_mb``.
     """
@@ -40,6 +42,14 @@ class DefenseConfig(Section):
         ge=-1,
         lt=1,
         description="Least cosine similarity between an update and the sum of the others.",
+    )
+    min_cosine_spread: float = Field(
+        default=0.0,
+        ge=0,
+        description="When > 0 (e.g. 3), an update below min_cosine is rejected only when it "
+        "also lies this many robust standard deviations (1.4826 x MAD) below the round's "
+        "median cosine: fewer honest updates refused late in training, more sign flips "
+        "let through under a large attacking share; 0 (default): the fixed min_cosine alone.",
     )
     hold_budget_mb: int = Field(
         default=256,

@@ -11,6 +11,8 @@ engine. ``fedsys simulate`` (Flower's engine) remains the way to run an experime
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -18,6 +20,10 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
+
+if TYPE_CHECKING:
+    from fedsys.config import ExperimentConfig
+    from fedsys.server.records import RunSummary
 
 CLIENT_APP_RAISED = 2  # flwr.common.constant.ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 
@@ -97,3 +103,28 @@ class InProcessGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         return list(self.pull_messages(list(self.push_messages(messages))))
+
+
+def run_in_process(
+    cfg: ExperimentConfig,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    node_ids: list[int] | None = None,
+    simulation: bool = False,
+) -> RunSummary:
+    """One whole federation over an :class:`InProcessGrid`, reporting nothing: the real
+    ServerApp loop and ClientApp, for tests and benchmarks that run many of them."""
+    # imported here: the ClientApp and the round loop pull in every task, which a caller that
+    # only wants the grid (with its own ClientApp) does not need
+    from fedsys.app import client_app
+    from fedsys.server.loop import run_federation
+    from fedsys.server.node_pool import simulated_nodes
+    from fedsys.server.progress import SilentReporter
+
+    # as many nodes as `fedsys simulate` registers (a pool when the population is large)
+    nodes = simulated_nodes(cfg) if simulation else cfg.data.num_partitions
+    grid = InProcessGrid(client_app, nodes, node_ids=node_ids)
+    return run_federation(
+        grid, cfg, out_dir, SilentReporter(), resume=resume, simulation=simulation
+    )

@@ -81,7 +81,7 @@ def endpoint_for(cfg: ExperimentConfig, out_dir: Path) -> Iterator[str | None]:
         yield server.url
 
 
-def _wait_for_active(client: httpx.Client, name: str, timeout: float) -> int:
+def wait_for_active(client: httpx.Client, name: str, timeout: float) -> int:
     """The active version once the endpoint serves it (publishes land within a poll)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -104,7 +104,7 @@ def served_accuracy(
 ) -> tuple[float, int]:
     """(accuracy, version) of the model ``url`` serves as ``name`` on (x, y), over HTTP."""
     with httpx.Client(base_url=url, timeout=60.0) as client:
-        version = _wait_for_active(client, name, READY_TIMEOUT)
+        version = wait_for_active(client, name, READY_TIMEOUT)
         correct = 0
         for begin in range(0, len(y), chunk):
             buf = io.BytesIO()
@@ -126,7 +126,12 @@ def served_accuracy(
 
 
 def close_loop(cfg: ExperimentConfig, out_dir: Path, url: str) -> RunSummary | None:
-    """Send the test set through the endpoint; add served_accuracy/version to summary.json."""
+    """Send the test set through the endpoint; add served_accuracy/version to summary.json
+    (a language model: served_perplexity, see ``simulation_served_lm``)."""
+    if cfg.task == "language_model":
+        from fedsys.simulation_served_lm import close_lm_loop
+
+        return close_lm_loop(cfg, out_dir, url)
     from fedsys.data import load_dataset
 
     path = out_dir / "summary.json"

@@ -45,6 +45,8 @@ OFF = ["defense.norm_bound=none", "defense.direction_check=false"]
 STRATEGIES: dict[str, list[str]] = {
     "fedavg": ["strategy.name=fedavg", *OFF],
     "fedavg+defense": ["strategy.name=fedavg"],  # the default defence: norm bound + direction
+    # the direction check's opt-in spread line (keeps nearly orthogonal honest updates)
+    "fedavg+defense+spread": ["strategy.name=fedavg", "defense.min_cosine_spread=3"],
     "fedmedian": ["strategy.name=fedmedian", *OFF],
     "krum": ["strategy.name=krum", *OFF],
     "fedtrimmedavg": ["strategy.name=fedtrimmedavg", *OFF],
@@ -57,10 +59,8 @@ CLIENTS = 20
 
 def one_run(strategy: str, behaviour: str | None, share: float, rounds: int) -> dict[str, Any]:
     """One whole federation in this process; never raises (a crash is a result)."""
-    from fedsys.app import client_app
     from fedsys.config import build_config
-    from fedsys.inprocess import InProcessGrid
-    from fedsys.server.loop import run_federation
+    from fedsys.inprocess import run_in_process
     from fedsys.server.records import read_rounds
 
     torch.set_num_threads(1)
@@ -86,9 +86,8 @@ def one_run(strategy: str, behaviour: str | None, share: float, rounds: int) -> 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         try:
-            grid = InProcessGrid(client_app, CLIENTS)
             with contextlib.redirect_stderr(io.StringIO()):
-                summary = run_federation(grid, cfg, out, _Quiet(), resume=False)
+                summary = run_in_process(cfg, out)
             records = read_rounds(out / "metrics.jsonl")
             from safetensors.numpy import load_file
 
@@ -115,20 +114,6 @@ def _reasons(records: list[Any]) -> dict[str, int]:
             key = " ".join(rej.reason.split()[:3])
             out[key] = out.get(key, 0) + 1
     return out
-
-
-class _Quiet:
-    def start(self, total_rounds: int, done_rounds: int) -> None:
-        pass
-
-    def update(self, record: Any) -> None:
-        pass
-
-    def stage(self, text: str) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
 
 
 def bombs() -> list[dict[str, Any]]:

@@ -19,6 +19,9 @@ budget to the figures, marking the variants that ``fedsys compress`` would refus
 round) without and with ``compress.enabled`` and compares the round times: compression runs
 in a niced child process and must not slow the round loop.
 
+``--lm`` instead builds the ``lm_small`` table (int8 weight-only and low-rank variants of a
+briefly pre-trained language model; see ``bench_compress_lm.py``) into the same JSON.
+
 Writes ``simulations/results/bench_compress.json``.
 """
 
@@ -306,7 +309,28 @@ def main() -> None:
         action="store_true",
         help="Instead: a short training run without and with background compression.",
     )
+    parser.add_argument(
+        "--lm",
+        action="store_true",
+        help="Instead: the lm_small table (int8 weight-only, low-rank; see bench_compress_lm).",
+    )
     args = parser.parse_args()
+    if args.lm:
+        from bench_compress_lm import bench_lm_small, lm_table
+
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="bench-compress-lm-") as tmp:
+            result = bench_lm_small(Path(tmp), args.quick)
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        result["load_average"] = os.getloadavg()
+        print(json.dumps(result, indent=2))
+        print(lm_table(result))
+        if not args.quick:
+            existing = json.loads(OUT.read_text()) if OUT.exists() else {}
+            existing["lm_small"] = result
+            OUT.write_text(json.dumps(existing, indent=2) + "\n")
+            print(f"wrote {OUT}")
+        return
     if args.background:
         with tempfile.TemporaryDirectory(prefix="bench-compress-bg-") as tmp:
             result = background(Path(tmp))
@@ -333,6 +357,7 @@ def main() -> None:
         "seconds": time.perf_counter() - start,
         "models": results,
         "background": previous.get("background"),
+        "lm_small": previous.get("lm_small"),
     }
     if not args.quick:
         OUT.write_text(json.dumps(report, indent=2) + "\n")

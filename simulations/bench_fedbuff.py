@@ -36,31 +36,14 @@ from _timing import ROOT, machine_info, save_report
 RESULT = ROOT / "simulations" / "results" / "bench_fedbuff.json"
 
 
-class _Quiet:
-    def start(self, total_rounds: int, done_rounds: int) -> None:
-        pass
-
-    def update(self, record: object) -> None:
-        pass
-
-    def stage(self, text: str) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
 def run(overrides: list[str], out: Path) -> dict[str, Any]:
-    from fedsys.app import client_app
     from fedsys.config import build_config
-    from fedsys.inprocess import InProcessGrid
-    from fedsys.server.loop import run_federation
+    from fedsys.inprocess import run_in_process
     from fedsys.server.records import read_rounds
 
     cfg = build_config({}, overrides)
-    grid = InProcessGrid(client_app, cfg.data.num_partitions)
     started = time.perf_counter()
-    run_federation(grid, cfg, out, _Quiet(), resume=False, simulation=True)
+    run_in_process(cfg, out, simulation=True)
     rows = read_rounds(out / "metrics.jsonl")
     return {
         "settings": overrides,

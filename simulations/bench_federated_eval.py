@@ -32,20 +32,6 @@ COLUMNS = (
 )
 
 
-class _Quiet:
-    def start(self, total_rounds: int, done_rounds: int) -> None:
-        pass
-
-    def update(self, record: object) -> None:
-        pass
-
-    def stage(self, text: str) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=30)
@@ -53,10 +39,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
 
-    from fedsys.app import client_app
     from fedsys.config import load_config
-    from fedsys.inprocess import InProcessGrid
-    from fedsys.server.loop import run_federation
+    from fedsys.inprocess import run_in_process
     from fedsys.server.records import read_rounds
 
     overrides = [
@@ -69,8 +53,7 @@ def main() -> None:
     ]
     cfg = load_config(CONFIG, overrides)
     with tempfile.TemporaryDirectory(prefix="bench-fedeval-") as tmp:
-        grid = InProcessGrid(client_app, cfg.data.num_partitions)
-        run_federation(grid, cfg, Path(tmp) / "run", _Quiet(), resume=False, simulation=True)
+        run_in_process(cfg, Path(tmp) / "run", simulation=True)
         rows = read_rounds(Path(tmp) / "run" / "metrics.jsonl")
     table: list[dict[str, Any]] = [
         {c: getattr(r, c) for c in COLUMNS} for r in rows if r.federated_accuracy is not None

@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from fedsys.app import client_app
 from fedsys.client.attack import malicious_partitions
 from fedsys.config import build_config
-from fedsys.inprocess import InProcessGrid
-from fedsys.server.loop import run_federation
+from fedsys.inprocess import run_in_process
 from fedsys.server.records import RunSummary, read_rounds
 
 SMALL = [
@@ -31,24 +29,9 @@ SMALL = [
 ]
 
 
-class _Silent:
-    def start(self, total_rounds: int, done_rounds: int) -> None:
-        pass
-
-    def update(self, record: object) -> None:
-        pass
-
-    def stage(self, text: str) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
 def _run(tmp_path: Path, overrides: list[str], resume: bool = False) -> RunSummary:
     cfg = build_config({}, [*SMALL, *overrides])
-    grid = InProcessGrid(client_app, cfg.data.num_partitions)
-    return run_federation(grid, cfg, tmp_path / "run", _Silent(), resume=resume)
+    return run_in_process(cfg, tmp_path / "run", resume=resume)
 
 
 def _model(tmp_path: Path) -> dict[str, np.ndarray]:

@@ -95,7 +95,7 @@ def test_cli_reports_config_errors_with_exit_2_and_no_traceback(tmp_path: Path) 
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert proc.returncode == 2
     assert "train.rounds" in proc.stderr and "model.nam: unknown key" in proc.stderr

@@ -33,8 +33,11 @@ from fedsys.deploy.lifetime import marked_processes
 
 pytestmark = pytest.mark.deployment
 
-TEST_DEADLINE = 240.0  # seconds per fault scenario (they take about a minute each)
-ROUNDS = 5
+# A guard against a hung scenario, never a figure under test: a scenario takes about a
+# minute here and several on a slow single-core runner.
+TEST_DEADLINE = 900.0
+ROUNDS = 4
+FREEZE_ROUNDS = 7  # room for the frozen client to come back however slowly rounds run
 
 
 @dataclass
@@ -46,15 +49,16 @@ class Fleet:
     server_state: Path
     clients: dict[str, tuple[subprocess.Popen[bytes], Path]] = field(default_factory=dict)
     client_states: list[Path] = field(default_factory=list)
+    servers: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
 
-    def experiment(self, name: str, timeout: float) -> Path:
+    def experiment(self, name: str, timeout: float, rounds: int) -> Path:
         return write_yaml(
             self.root / f"experiment-{name}.yaml",
             {
                 "name": "faults",
                 "data": {"num_partitions": 3},
                 "model": {"channels": 8},
-                "train": {"rounds": ROUNDS, "max_steps": 5, "timeout": timeout},
+                "train": {"rounds": rounds, "max_steps": 5, "timeout": timeout},
                 "strategy": {"min_available_nodes": 3, "min_train_nodes": 2},
                 "codec": {"quantize": "int8", "encrypt": True},
                 "publish": {"mode": "every_round"},
@@ -62,12 +66,12 @@ class Fleet:
             },
         )
 
-    def server_settings(self, name: str, timeout: float = 30.0) -> Path:
+    def server_settings(self, name: str, timeout: float = 30.0, rounds: int = ROUNDS) -> Path:
         keys = self.root / "keys"
         return write_yaml(
             self.root / f"server-{name}.yaml",
             {
-                "experiment": str(self.experiment(name, timeout)),
+                "experiment": str(self.experiment(name, timeout, rounds)),
                 "out_dir": str(self.root / f"out-{name}"),
                 "state_dir": str(self.server_state),
                 "host": "127.0.0.1",
@@ -91,6 +95,7 @@ class Fleet:
     ) -> tuple[subprocess.Popen[bytes], Path]:
         argv = [*FEDSYS, "server", "-c", str(settings), *(["--resume"] if resume else [])]
         server = self.procs.start(label, argv, self.env)
+        self.servers.append(server)
         if not self.clients:
             deadline = time.monotonic() + TEST_DEADLINE
             wait_for(
@@ -150,6 +155,17 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         procs.stop_all()
 
 
+@pytest.fixture(autouse=True)
+def no_server_outlives_its_test(fleet: Fleet) -> Iterator[None]:
+    """A scenario that fails leaves no server behind to hold the port and state directory
+    the next scenario needs (the module's client daemons stay up)."""
+    yield
+    for proc, out in fleet.servers:
+        if proc.poll() is None:
+            fleet.procs.kill_tree(proc, out)
+    fleet.servers.clear()
+
+
 def rounds(out: Path) -> list[dict[str, Any]]:
     path = out / "metrics.jsonl"
     if not path.exists():
@@ -175,12 +191,12 @@ def recovery(out: Path, at_kill: int, killed: float, deadline: float, procs: Pro
     return time.monotonic() - killed
 
 
-def check_run(out: Path, server_out: Path) -> None:
+def check_run(out: Path, server_out: Path, expected_rounds: int = ROUNDS) -> None:
     """All rounds once and in order, a consistent summary, one writer, matching versions."""
     records = rounds(out)
-    assert [r["round"] for r in records] == list(range(1, ROUNDS + 1))
+    assert [r["round"] for r in records] == list(range(1, expected_rounds + 1))
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["rounds"] == ROUNDS
+    assert summary["rounds"] == expected_rounds
     assert summary["final_accuracy"] == records[-1]["central_accuracy"]
     assert summary["updates_total"] == sum(r["clients"] for r in records)
     # one writer: the lock names the run the daemon submitted last, and nothing else runs
@@ -284,7 +300,8 @@ def test_server_tree_sigkilled_and_resumed(fleet: Fleet) -> None:
 def test_client_frozen_longer_than_train_timeout_rejoins(fleet: Fleet) -> None:
     deadline = time.monotonic() + TEST_DEADLINE
     timeout = 8.0
-    server, server_out = fleet.start_server(fleet.server_settings("freeze", timeout), "server-fz")
+    settings = fleet.server_settings("freeze", timeout, rounds=FREEZE_ROUNDS)
+    server, server_out = fleet.start_server(settings, "server-fz")
     out = fleet.root / "out-freeze"
     wait_for("two rounds", lambda: last_round(out) >= 2, deadline, fleet.procs, poll=0.05)
     _, c_out = fleet.clients["c"]
@@ -299,7 +316,6 @@ def test_client_frozen_longer_than_train_timeout_rejoins(fleet: Fleet) -> None:
         for pid in frozen:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-    thawed = time.monotonic()
     seconds = recovery(out, at_kill, killed, deadline, fleet.procs)
     report(
         f"one client frozen {timeout + 5:.0f} s (train.timeout {timeout:.0f} s)",
@@ -307,12 +323,12 @@ def test_client_frozen_longer_than_train_timeout_rejoins(fleet: Fleet) -> None:
         "kill -STOP <client processes>; sleep; kill -CONT",
     )
     finish(fleet, server, deadline)
-    check_run(out, server_out)
+    check_run(out, server_out, FREEZE_ROUNDS)
     records = rounds(out)
     # a round went on without the frozen client, and it took part again afterwards
-    assert any(r["clients"] == 2 for r in records[at_kill:])
-    assert records[-1]["clients"] == 3, records[-1]
-    assert time.monotonic() - thawed < TEST_DEADLINE
+    without = [i for i, r in enumerate(records) if i >= at_kill and r["clients"] == 2]
+    assert without, records
+    assert any(r["clients"] == 3 for r in records[without[0] + 1 :]), records
 
 
 def test_nothing_is_left_running_after_the_daemons_stop(fleet: Fleet) -> None:
@@ -320,7 +336,7 @@ def test_nothing_is_left_running_after_the_daemons_stop(fleet: Fleet) -> None:
         pytest.skip("no client daemons were started")
     for cid, (proc, out) in fleet.clients.items():
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0, cid
+        assert proc.wait(180) == 0, cid
         assert events(out)[-1]["event"] == "stopped"
     for state in [fleet.server_state, *fleet.client_states]:
         assert marked_processes(state) == []

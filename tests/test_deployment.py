@@ -30,7 +30,7 @@ import yaml
 pytestmark = pytest.mark.deployment
 
 FEDSYS = [sys.executable, "-m", "fedsys.cli"]
-DEADLINE = 600.0  # seconds for the whole scenario; a normal run takes about three minutes
+DEADLINE = 1800.0  # a hang guard: the scenario takes ~3 minutes here, more on a slow runner
 
 
 def free_port() -> int:
@@ -142,7 +142,7 @@ def test_deployed_federation(tmp_path: Path, procs: Procs) -> None:
     env["FEDSYS_PUBLISH_TOKEN"] = "test-publish-token"
     env["PYTHONUNBUFFERED"] = "1"
     run = lambda *args: subprocess.run(  # noqa: E731
-        [*FEDSYS, *args], env=env, cwd=tmp_path, check=True, capture_output=True, timeout=120
+        [*FEDSYS, *args], env=env, cwd=tmp_path, check=True, capture_output=True, timeout=600
     )
 
     # Keys: aggregator, three allowed clients, a fourth that is never registered; TLS.
@@ -178,7 +178,7 @@ def test_deployed_federation(tmp_path: Path, procs: Procs) -> None:
             "name": "deployed",
             "data": {"num_partitions": 3},
             "model": {"channels": 8},
-            "train": {"rounds": 5, "max_steps": 5, "timeout": 60},
+            "train": {"rounds": 5, "max_steps": 5, "timeout": 120},
             "strategy": {"min_available_nodes": 2, "min_train_nodes": 2},
             "codec": {"quantize": "int8", "encrypt": True},
             "publish": {"mode": "at_end", "endpoint": f"http://127.0.0.1:{serve_port}"},
@@ -306,7 +306,7 @@ def test_deployed_federation(tmp_path: Path, procs: Procs) -> None:
     for cid in "ab":
         proc, out = clients[cid]
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+        assert proc.wait(180) == 0
         assert events(out)[-1]["event"] == "stopped"
         # every round after the first used the warm trainer, not a fresh process
         worker_log = tmp_path / f"state/client-{cid}/logs/worker.log"

@@ -49,6 +49,9 @@ def test_no_warnings_tracebacks_or_colour_codes(tiny_run: Run) -> None:
     assert not re.search(r"\(\w+ pid=\d+", output), output
 
 
+NATIVE_RAY_WORKER_LINE = re.compile(r"^\((\w+ )?pid=\d+(, ip=[\d.]+)?\) \[[\w.]+ : \d+\] RAW: ")
+
+
 def test_default_log_level_shows_progress_only(tiny_run: Run) -> None:
     """Per-round diagnostics (publishes, worker swaps) stay at INFO, below the default
     runtime.log_level=WARNING: every line on stderr is a progress line."""
@@ -56,6 +59,8 @@ def test_default_log_level_shows_progress_only(tiny_run: Run) -> None:
     assert "published" not in stderr and "now serves" not in stderr
     expected = (*STAGES, "round ")
     for line in stderr.splitlines():
+        if NATIVE_RAY_WORKER_LINE.match(line):
+            continue  # a C++ library inside a Ray worker (abseil's contention notice), not ours
         message = line.split(" INFO ", 1)[-1]
         assert message.startswith(expected), line
 
@@ -89,6 +94,6 @@ def test_starlettes_test_client_finds_httpx2() -> None:
         [sys.executable, "-W", "error::UserWarning", "-c", "import starlette.testclient"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr

@@ -39,6 +39,7 @@ from fedsys.crypto import (
 )
 from fedsys.errors import UpdateRejected, WireFormatError
 from fedsys.server.collect import RoundCollector, RoundResult
+from fedsys.server.direction import direction_threshold
 from fedsys.server.norm_bound import NormBound
 from fedsys.server.records import RoundRecord, append_round, read_rounds, truncate_rounds
 
@@ -460,6 +461,34 @@ def test_sign_flipped_updates_are_rejected_whatever_the_order(order: list[int]) 
     assert result.mean_weights is not None and expected is not None
     for name, value in expected.items():  # exactly as if the flipped updates never came
         np.testing.assert_array_equal(result.mean_weights[name], value)
+
+
+def _uncorrelated(seed: int) -> bytes:
+    """Late in training: honest updates share no direction, their cosines scatter around 0."""
+    return encode_update(_delta(seed), [Quantize(bits=8)], num_examples=10).payload
+
+
+def test_with_the_spread_line_nearly_orthogonal_honest_updates_are_kept() -> None:
+    spread = DefenseConfig(min_cosine_spread=3.0)
+    collector = _collector(defense=spread, bound=NormBound(spread))
+    for node in range(1, 8):
+        collector.offer(_plain(node, _uncorrelated(node)))
+    result = _finish(collector)
+    assert result.accepted == 7 and not result.rejected
+    # the fixed threshold alone (the default) refuses the ones that point slightly away
+    fixed = DefenseConfig()
+    strict = _collector(defense=fixed, bound=NormBound(fixed))
+    for node in range(1, 8):
+        strict.offer(_plain(node, _uncorrelated(node)))
+    assert _finish(strict).rejected
+
+
+def test_the_direction_threshold_is_the_lower_of_the_fixed_and_the_rounds_own_line() -> None:
+    assert direction_threshold([0.6, 0.62, 0.58, -0.6], 0.0, 3.0) == 0.0  # the fixed line
+    low = direction_threshold([0.01, -0.03, 0.02, -0.01, 0.03], 0.0, 3.0)
+    assert -0.2 < low < -0.03  # the round's own line
+    assert direction_threshold([0.01, -0.03, 0.02], 0.0, 0.0) == 0.0
+    assert direction_threshold([0.5, -0.5], 0.0, 3.0) == 0.0  # too few to judge a spread
 
 
 def test_the_direction_check_holds_no_more_than_its_budget() -> None:

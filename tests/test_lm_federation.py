@@ -127,20 +127,28 @@ def test_the_server_refuses_a_configured_base_hash_it_does_not_hold(corpus: Path
 def test_a_version_holds_the_adapter_and_its_base_or_the_merged_model(
     corpus: Path, tmp_path: Path, merge: bool
 ) -> None:
+    from safetensors.numpy import load
+
     from fedsys.registry.store import Registry
 
     publish = {"mode": "at_end", "merge": merge, "int8_copy": merge}
     cfg = _with(lm_config(corpus), tmp_path, publish=publish, train={"rounds": 1})
     summary = _federate(cfg, tmp_path / "run")
     registry = Registry(tmp_path / "run" / "registry")
-    manifest = registry.verify(cfg.name, 1, registry_key(registry))
-    described = manifest.model
-    assert described["task"] == "language_model"
-    assert described["base_sha256"] == summary["base_sha256"]
-    assert described["content"] == ("merged" if merge else "adapter")
+    manifest, weights = registry.read_weights(cfg.name, 1, registry_key(registry))
+    spec = manifest.language_model
+    assert manifest.model["task"] == "language_model" and spec is not None
+    assert spec.base_sha256 == summary["base_sha256"]
+    assert spec.base.startswith("bases/")  # stored once, inside the registry
+    assert (registry.root / spec.base / "config.json").is_file()
+    assert spec.kind == ("merged" if merge else "adapter")
     assert (manifest.int8_sha256 is not None) == merge
+    names = set(load(weights))
     if not merge:  # A and B both: a complete adapter for its base
-        assert {k.rsplit(".", 2)[-2] for k in described["tensors"]} == {"lora_A", "lora_B"}
+        assert {k.rsplit(".", 2)[-2] for k in names} == {"lora_A", "lora_B"}
+        assert spec.adapter_config is not None and spec.adapter_config["r"] == 4
+    else:
+        assert not any("lora_" in k for k in names)
 
 
 def registry_key(registry: Any) -> Any:

@@ -37,7 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         args, host="127.0.0.1", port=free_port("127.0.0.1"), ready_path="/readyz", env=env
     ) as url:
         # /readyz answers once the first model is loaded: wait for the language model too.
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600
         while "lm@1" not in {m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]}:
             assert time.monotonic() < deadline, "the language model was not served"
             time.sleep(0.1)

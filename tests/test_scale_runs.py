@@ -10,10 +10,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-from fedsys.app import client_app
 from fedsys.config import build_config
-from fedsys.inprocess import InProcessGrid
-from fedsys.server.loop import run_federation
+from fedsys.inprocess import run_in_process
 from fedsys.server.records import RunSummary, read_rounds
 
 SMALL = [
@@ -32,28 +30,13 @@ SMALL = [
 ]
 
 
-class _Silent:
-    def start(self, total_rounds: int, done_rounds: int) -> None:
-        pass
-
-    def update(self, record: object) -> None:
-        pass
-
-    def stage(self, text: str) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
 def _run(
     out: Path, overrides: list[str], *, node_ids: list[int] | None = None, resume: bool = False
 ) -> RunSummary:
     # each run keeps its clients' residuals apart (what `fedsys simulate` does per run id)
     state = f"runtime.node_state_dir={out.parent / (out.name + '-node-state')}"
     cfg = build_config({}, [*SMALL, state, *overrides])
-    grid = InProcessGrid(client_app, cfg.data.num_partitions, node_ids=node_ids)
-    return run_federation(grid, cfg, out, _Silent(), resume=resume, simulation=True)
+    return run_in_process(cfg, out, node_ids=node_ids, resume=resume, simulation=True)
 
 
 def _model(out: Path) -> dict[str, np.ndarray]:
@@ -79,6 +62,43 @@ def test_same_seed_same_model_whatever_the_node_ids_and_their_order(tmp_path: Pa
         rounds = read_rounds(tmp_path / out / "metrics.jsonl")
         # with encryption on, no honest update is refused for a key the server lacked
         assert all(r.rejected == [] and r.clients == r.sampled for r in rounds)
+
+
+def test_a_pool_of_nodes_plays_the_clients_with_the_same_result(tmp_path: Path) -> None:
+    """12 clients on 4 Flower nodes (each message on whichever node is free, so a client
+    moves between nodes, and 6 evaluations queue for 4 nodes): the same model and federated
+    evaluation as one node per client, every update accepted with encryption and error
+    feedback on (the client's key and residual follow it)."""
+    run = [
+        "codec.encrypt=true",
+        "codec.quantize=int8",
+        "train.rounds=2",
+        "federated_eval.evaluate_every=2",
+        "federated_eval.fraction_evaluate=0.5",
+    ]
+    _run(tmp_path / "one-each", run)
+    _run(tmp_path / "pooled", [*run, "runtime.simulated_nodes=4"])
+    _same(_model(tmp_path / "one-each"), _model(tmp_path / "pooled"))
+    one_each = read_rounds(tmp_path / "one-each" / "metrics.jsonl")
+    rounds = read_rounds(tmp_path / "pooled" / "metrics.jsonl")
+    assert all(r.rejected == [] and r.clients == r.sampled == 3 for r in rounds)
+    assert rounds[-1].federated_clients == 6
+    assert rounds[-1].federated_accuracy == one_each[-1].federated_accuracy
+
+
+def test_fedbuff_on_a_pool_of_nodes(tmp_path: Path) -> None:
+    pooled = [
+        "fedbuff.enabled=true",
+        "fedbuff.concurrency=3",
+        "fedbuff.buffer_size=2",
+        "codec.encrypt=true",
+        "train.rounds=2",
+    ]
+    _run(tmp_path / "one-each", pooled)
+    _run(tmp_path / "pooled", [*pooled, "runtime.simulated_nodes=3"])
+    _same(_model(tmp_path / "one-each"), _model(tmp_path / "pooled"))
+    rounds = read_rounds(tmp_path / "pooled" / "metrics.jsonl")
+    assert all(r.clients == 2 and r.rejected == [] for r in rounds)
 
 
 def test_fedbuff_runs_and_resumes(tmp_path: Path) -> None:

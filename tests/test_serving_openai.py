@@ -135,10 +135,17 @@ def test_chat_uses_the_template(client: TestClient) -> None:
         ({"model": NAME, "prompt": "x"}, 404, None, "not a served language model"),
         ({"model": "lm", "prompt": "x" * 65}, 400, "prompt", "at most 64"),
         ({"model": "lm", "prompt": "x", "max_tokens": 300}, 400, "max_tokens", "context"),
-        ({"model": "lm", "prompt": "x", "max_tokens": 0}, 400, "max_tokens", "greater than"),
+        ({"model": "lm", "prompt": "x", "max_tokens": 0}, 400, "max_tokens", "set echo"),
         ({"model": "lm", "prompt": "x", "temperature": 3}, 400, "temperature", "less than"),
         ({"model": "lm", "prompt": "x", "stop": ["a"] * 5}, 400, None, "at most 4"),
-        ({"model": "lm", "prompt": "x", "logprobs": 2}, 400, "logprobs", "null"),
+        ({"model": "lm", "prompt": "x", "logprobs": 2}, 400, "logprobs", "prompt only"),
+        ({"model": "lm", "prompt": "x", "max_tokens": -1}, 400, "max_tokens", "greater than"),
+        (
+            {"model": "lm", "prompt": "x", "echo": True, "max_tokens": 0, "logprobs": 6},
+            400,
+            "logprobs",
+            "less than",
+        ),
         ({"model": "lm"}, 400, "prompt", "Field required"),
         ({"model": "lm", "prompt": "x", "frobnicate": 1}, 400, "frobnicate", "Extra inputs"),
     ],
@@ -178,7 +185,7 @@ def test_a_published_adapter_is_served_next_to_the_previous_one(
     root, key, sha = registry
     before = complete(client, model="lora", prompt="def", max_tokens=8)
     publish_lm(Registry(root), key, "lora", base=BASE, base_sha256=sha, adapter_seed=2)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300
     while client.get("/v1/models/lora").json()["served_version"] != 2:
         assert time.monotonic() < deadline, "the new version was not served"
         time.sleep(0.05)

@@ -95,7 +95,7 @@ def test_resume_refuses_a_directory_without_a_run(tmp_path: Path) -> None:
         [sys.executable, "-m", "fedsys.cli", "simulate", "--resume", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert proc.returncode == 2
     assert "holds no fedsys run" in proc.stderr
@@ -136,7 +136,7 @@ def test_missing_data_fails_before_the_simulation_starts(tmp_path: Path) -> None
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert proc.returncode == 1
     assert "train-images-idx3-ubyte" in proc.stderr and "Traceback" not in proc.stderr

@@ -114,7 +114,7 @@ def test_fedsys_serve_serves_the_runs_registry(served_run: Path) -> None:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300
         while True:
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
@@ -143,7 +143,7 @@ def test_fedsys_serve_serves_the_runs_registry(served_run: Path) -> None:
         assert len(resp.json()["predictions"]) == 2
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        proc.wait(timeout=120)
     assert proc.stderr is not None
     stderr = proc.stderr.read().decode()
     # uvicorn's default WebSocket support imported websockets.legacy, deprecated (typer's own

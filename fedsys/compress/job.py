@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -19,6 +20,9 @@ from fedsys.data.types import DatasetInfo
 from fedsys.errors import ArtifactRejected, UnknownArtifact
 from fedsys.registry.store import Registry
 from fedsys.registry.variants import new_manifest, write_variant
+
+if TYPE_CHECKING:
+    from fedsys.compress.lm.job import LMCompressOutcome
 
 log = logging.getLogger("fedsys")
 
@@ -48,15 +52,21 @@ def compress_version(
     key: Ed25519PrivateKey,
     *,
     replace: bool = False,
-) -> CompressOutcome:
+) -> CompressOutcome | LMCompressOutcome:
     """Variants of ``name`` v``version`` (default: the active one, else the latest) built,
-    measured, judged against ``compress.accuracy_budget`` and, when accepted, signed into
+    measured, judged against ``compress.accuracy_budget`` (a language model: against
+    ``compress.perplexity_budget``, see ``compress.lm.job``) and, when accepted, signed into
     the version. The version is verified under ``key``'s public half first."""
     if version is None:
         numbers = registry.version_numbers(name)
         if not numbers:
             raise UnknownArtifact(f"unknown model {name!r} in registry {registry.root}")
         version = registry.active_version(name) or numbers[-1]
+    stored = next((m for m in registry.versions(name) if m.version == version), None)
+    if stored is not None and stored.language_model is not None:
+        from fedsys.compress.lm.job import compress_lm_version
+
+        return compress_lm_version(registry, name, version, cfg, key, replace=replace)
     loaded = registry.load(name, version, key.public_key())
     manifest = loaded.manifest
     model_cfg = ModelConfig.model_validate(manifest.model)
@@ -80,7 +90,7 @@ def compress_version(
             log.warning(
                 "compress: %s v%d %s refused: %s", name, version, variant.name, variant.refused
             )
-            _audit(registry, "variant_refused", name, version, variant.name, variant.refused)
+            audit_variant(registry, "variant_refused", name, version, variant.name, variant.refused)
             continue
         vm = new_manifest(
             name=name,
@@ -94,12 +104,12 @@ def compress_version(
             settings=settings,
         )
         write_variant(registry.version_dir(name, version), vm, variant.data, key, replace=replace)
-        _audit(registry, "variant", name, version, variant.name, None)
+        audit_variant(registry, "variant", name, version, variant.name, None)
         published.append(variant.name)
     return CompressOutcome(name, version, report, tuple(published))
 
 
-def _audit(
+def audit_variant(
     registry: Registry, event: str, name: str, version: int, variant: str, reason: str | None
 ) -> None:
     if registry.audit is not None:

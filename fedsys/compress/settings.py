@@ -32,6 +32,26 @@ class StudentConfig(Section):
         return self
 
 
+class LMCompressConfig(Section):
+    """How language-model variants (int8 weight-only, low-rank) are judged and timed."""
+
+    eval_chunks: int = Field(
+        default=64,
+        ge=1,
+        description="Held-out text chunks (the clients' test text, pooled) "
+        "that every variant's perplexity is measured on.",
+    )
+    finetune_steps: int = Field(
+        default=0,
+        ge=0,
+        description="Next-token steps on the public text after low-rank factorisation (0: none).",
+    )
+    prompt_tokens: int = Field(default=32, ge=1, description="Prompt length when timing.")
+    new_tokens: int = Field(default=16, ge=1, description="Tokens generated per timed call.")
+    throughput_batch: int = Field(default=32, ge=1, description="Prompts per throughput call.")
+    repeats: int = Field(default=3, ge=1, description="Timed generations per figure.")
+
+
 class CompressConfig(Section):
     """Which compressed variants to build from each published version, and their budgets."""
 
@@ -51,6 +71,13 @@ class CompressConfig(Section):
         description="Largest accepted loss of test accuracy against fp32 (0.01 = 1 point); "
         "a variant that loses more is refused, not published.",
     )
+    perplexity_budget: float = Field(
+        default=0.05,
+        ge=0,
+        description="Language models: largest accepted relative rise of held-out perplexity "
+        "against the merged fp32 model (0.05 = 5%); a variant that rises more is refused.",
+    )
+    lm: LMCompressConfig = Field(default_factory=LMCompressConfig)
     calibration_samples: int = Field(
         default=512, ge=1, description="Public samples that calibrate static int8."
     )

@@ -40,6 +40,7 @@ from fedsys.data.types import DatasetInfo
 from fedsys.errors import ConfigError, VersionConflict
 from fedsys.registry.audit import AuditLog
 from fedsys.registry.int8_copy import compare_int8, int8_to_bytes, quantize_int8
+from fedsys.registry.lm_base import store_base
 from fedsys.registry.store import (
     INT8_FILE,
     MANIFEST_FILE,
@@ -49,7 +50,7 @@ from fedsys.registry.store import (
     Registry,
     build_module,
 )
-from fedsys.registry.version_manifest import Lineage, check_name
+from fedsys.registry.version_manifest import LanguageModelVersion, Lineage, check_name
 
 if TYPE_CHECKING:
     from fedsys.tasks.base import Publication
@@ -385,6 +386,16 @@ class Publisher:
         int8_blob = None
         if self.pub.int8_copy and made.module is not None:
             int8_blob = int8_to_bytes(quantize_int8(made.module))
+        language_model = None
+        if made.language_model is not None:
+            content = made.language_model
+            base = store_base(self.registry.root, content.base_address, content.write_base)
+            language_model = LanguageModelVersion(
+                kind=content.kind,
+                base=base,
+                base_sha256=content.base_sha256,
+                adapter_config=content.adapter_config,
+            )
         self.registry.publish(
             self.name,
             made.weights,
@@ -398,6 +409,7 @@ class Publisher:
             int8_copy=int8_blob is not None,
             version=job.version,
             int8_weights=int8_blob,
+            language_model=language_model,
         )
         log.info("round %d: published %s v%d", job.round, self.name, job.version)
 

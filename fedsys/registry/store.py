@@ -95,15 +95,11 @@ def build_module(model: dict[str, Any], input_shape: Sequence[int], num_classes:
     initialisation that the weights overwrite, and torch's global RNG is left alone, so
     publishing on a background thread cannot change what the main thread draws.
     """
-    if model.get("task") == "language_model":  # the task knows its architecture
-        from fedsys.tasks.lm.publish import published_module
-
-        try:
-            return published_module(model)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactRejected(
-                f"manifest.model does not describe a buildable language model: {exc}"
-            ) from None
+    if model.get("task") == "language_model":
+        raise ArtifactRejected(
+            "a language model is rebuilt from its base directory (the manifest's "
+            "language_model), not from manifest.model"
+        )
     try:
         cfg = ModelConfig.model_validate(model)
         with torch.device("meta"):

@@ -60,7 +60,9 @@ class VariantManifest(BaseModel):
     weights_sha256: str = Field(pattern=SHA256_HEX)
     metrics: dict[str, FiniteFloat] = Field(
         description="bytes, parameters, accuracy, latency_p50_ms, throughput_per_s (and the "
-        "fp32 model's, prefixed fp32_), measured on the test split."
+        "fp32 model's, prefixed fp32_), measured on the test split; for a language model "
+        "perplexity and loss on held-out text instead of accuracy, latency_p50_ms per "
+        "generated token at batch 1 and throughput_per_s in generated tokens per second."
     )
     settings: dict[str, Any] = Field(default_factory=dict, description="The compress section.")
     created_at: datetime
@@ -176,8 +178,23 @@ def listed_manifest(version_dir: Path, variant: str) -> VariantManifest | None:
         return None
 
 
+LM_TASK = "language_model"  # manifest.model["task"] of a language model's variant
+
+
+def is_lm_variant(manifest: VariantManifest) -> bool:
+    return manifest.model.get("task") == LM_TASK
+
+
 def variant_module(manifest: VariantManifest, weights: bytes) -> nn.Module:
-    """The servable module of a verified variant."""
+    """The servable module of a verified variant (a causal LM for a language model's)."""
+    if is_lm_variant(manifest):
+        architecture = manifest.model.get("architecture")
+        if not isinstance(architecture, dict):
+            raise ArtifactRejected("a language model variant's manifest needs its architecture")
+        # Imported here: transformers and torchao load only with a language model.
+        from fedsys.compress.lm.artifact import load_lm_variant
+
+        return load_lm_variant(weights, architecture)
     try:
         cfg = ModelConfig.model_validate(manifest.model)
     except ValidationError as exc:
@@ -206,6 +223,36 @@ def new_manifest(
         model=model.model_dump(mode="json"),
         input_shape=list(info.input_shape),
         num_classes=info.num_classes,
+        weights_sha256=hashlib.sha256(weights).hexdigest(),
+        metrics=metrics,
+        settings=settings,
+        created_at=datetime.now(UTC),
+    )
+
+
+def new_lm_manifest(
+    *,
+    name: str,
+    version: int,
+    variant: VariantName,
+    base_weights_sha256: str,
+    architecture: dict[str, Any],
+    context_length: int,
+    vocab_size: int,
+    weights: bytes,
+    metrics: dict[str, float],
+    settings: dict[str, Any],
+) -> VariantManifest:
+    """The manifest of a language model's variant: ``model`` holds the task marker and the
+    Hugging Face architecture its weights fit (``config.to_dict()``)."""
+    return VariantManifest(
+        name=name,
+        version=version,
+        variant=variant,
+        base_weights_sha256=base_weights_sha256,
+        model={"task": LM_TASK, "architecture": architecture},
+        input_shape=[context_length],
+        num_classes=vocab_size,
         weights_sha256=hashlib.sha256(weights).hexdigest(),
         metrics=metrics,
         settings=settings,

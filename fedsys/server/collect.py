@@ -40,6 +40,7 @@ from fedsys.crypto import AggregatorKeys, RoundBinding
 from fedsys.defense_config import DefenseConfig
 from fedsys.errors import CodecError, InvalidUpdate, WireFormatError
 from fedsys.protocol import PAYLOAD_KEY, record_nbytes, record_number
+from fedsys.server.direction import direction_threshold
 from fedsys.server.norm_bound import NormBound
 from fedsys.server.unseal import open_update
 from fedsys.server.weights import (
@@ -289,11 +290,14 @@ class RoundCollector:
 
         Every cosine is taken against the same final sum, leave-one-out by scalar algebra, so
         the decisions do not depend on arrival order; rejected updates are then subtracted
-        from the sums exactly (float64)."""
+        from the sums exactly (float64). An update is refused when its cosine is below
+        ``min_cosine`` *and* an outlier among the round's cosines (``min_cosine_spread``
+        robust deviations below their median): late in training honest updates are nearly
+        orthogonal, and a fixed threshold alone would refuse the unlucky half of them."""
         if self._sum is None or len(self._accepted) < 3:
             return
         total_sq = self._sum.square()
-        refused: list[tuple[Candidate, float, float]] = []
+        scored: list[tuple[Candidate, float, float]] = []
         for c, scale in sorted(self._accepted, key=lambda item: order_key(item[0].node_id)):
             norm = c.checked.norm
             if norm is None or norm <= 0:
@@ -303,16 +307,20 @@ class RoundCollector:
             others_sq = total_sq - 2 * share * dot + share * share * own_sq
             if others_sq <= 1e-30 * max(total_sq, 1e-300):
                 continue
-            cosine = (dot - share * own_sq) / math.sqrt(own_sq * others_sq)
-            if cosine < self._defense.min_cosine:
-                refused.append((c, scale, cosine))
+            scored.append((c, scale, (dot - share * own_sq) / math.sqrt(own_sq * others_sq)))
+        threshold = direction_threshold(
+            [cosine for _, _, cosine in scored],
+            self._defense.min_cosine,
+            self._defense.min_cosine_spread,
+        )
+        refused = [item for item in scored if item[2] < threshold]
         for c, scale, cosine in refused:
             self._sum.remove(c.checked.wire, c.weight, scale=scale)
             self._unaccept(c, scale)
             self._reject(
                 c.node_id,
                 f"update points against the round's other updates (cosine similarity "
-                f"{cosine:.3f} < {self._defense.min_cosine:g}; defense.direction_check)",
+                f"{cosine:.3f} < {threshold:.3f}; defense.direction_check)",
                 c.nbytes,
             )
         self._accepted = []

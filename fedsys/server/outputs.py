@@ -142,6 +142,7 @@ def write_final_outputs(
             "model_parameters": model_parameters,
             "resumed_from_round": resumed_from,
             "published_version": published_version,
+            "final_perplexity": (last.model_extra or {}).get("central_perplexity"),
             **task_summary,  # the task's identity (a language model: corpus and base hashes)
         }
     )

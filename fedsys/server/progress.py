@@ -109,3 +109,19 @@ class LogReporter:
 
     def stop(self) -> None:
         stage(STOPPING)
+
+
+class SilentReporter:
+    """Reports nothing: for runs embedded in tests, benchmarks and other programs."""
+
+    def stage(self, text: str) -> None:
+        pass
+
+    def start(self, total_rounds: int, done_rounds: int) -> None:
+        pass
+
+    def update(self, record: RoundRecord) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass

@@ -107,6 +107,9 @@ class RunSummary(BaseModel):
     published_version: int | None = None  # last version written to the local registry
     served_accuracy: float | None = None  # serve.enabled: the test set through the endpoint
     served_version: int | None = None  # the registry version that answered it
+    final_perplexity: float | None = None  # a language model: the last round's central figure
+    served_perplexity: float | None = None  # ...and its held-out text through /v1/completions
+    served_loss: float | None = None  # nats per token, as final_loss
 
 
 def read_rounds(path: Path) -> list[RoundRecord]:

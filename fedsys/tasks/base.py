@@ -13,9 +13,10 @@ handle any model, because to them it is one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -40,11 +41,28 @@ class Metrics:
 
 
 @dataclass(frozen=True, eq=False)
+class LanguageModelContent:
+    """What a language-model version is over its base (the manifest's ``language_model``):
+    ``kind`` adapter or merged, the adapter's peft config, and the base the registry stores
+    once, under ``bases/<base_address>`` (a sha256 over the weights' ``base_sha256`` and the
+    tokenizer), which the version names: ``write_base`` writes its Hugging Face directory
+    (config, weights, tokenizer) when the registry does not hold it yet."""
+
+    kind: Literal["adapter", "merged"]
+    base_sha256: str
+    base_address: str
+    write_base: Callable[[Path], None]
+    adapter_config: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, eq=False)
 class Publication:
     """What a registry version of the global state holds and how it is described.
 
-    ``model`` goes into the manifest (how to rebuild the module the weights load into);
-    ``module`` is that module with the weights in, for the int8 copy (None: no copy applies).
+    ``model`` goes into the manifest (how to rebuild the module the weights load into, or a
+    language model's provenance); ``module`` is that module with the weights in, for the int8
+    copy (None: no copy applies); ``language_model`` is set for a language model, which is
+    rebuilt from its base rather than from ``model``.
     """
 
     weights: dict[str, np.ndarray]
@@ -52,6 +70,7 @@ class Publication:
     input_shape: tuple[int, ...]
     num_classes: int
     module: nn.Module | None
+    language_model: LanguageModelContent | None = None
 
 
 @dataclass(frozen=True, eq=False)

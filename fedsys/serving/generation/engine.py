@@ -28,13 +28,14 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from fedsys.errors import BatcherStopped, CapacityExceeded, InvalidParameter
+from fedsys.errors import BatcherStopped, CapacityExceeded, GenerationFailed, InvalidParameter
 from fedsys.serving.generation.adapters import AdapterSet
 from fedsys.serving.generation.events import Finished, FinishReason, TextDelta
 from fedsys.serving.generation.kv_batch import KVBatch
 from fedsys.serving.generation.limits import GenerationLimits
 from fedsys.serving.generation.loading import CausalLM
 from fedsys.serving.generation.sampling import SamplingParams, next_tokens
+from fedsys.serving.generation.scoring import PromptScore, score_prompts
 from fedsys.serving.generation.text import IncrementalText
 
 log = logging.getLogger("fedsys.serving")
@@ -145,21 +146,7 @@ class GenerationEngine:
         if self._stopped or self._thread is None:
             raise BatcherStopped("the generation engine is not running")
         limits = self.limits
-        if not prompt:
-            raise InvalidParameter("the prompt is empty (no tokens)", param="prompt")
-        if len(prompt) > limits.max_prompt_tokens:
-            raise InvalidParameter(
-                f"the prompt has {len(prompt)} tokens; this endpoint accepts at most "
-                f"{limits.max_prompt_tokens}",
-                param="prompt",
-            )
-        outside = [t for t in prompt if not 0 <= t < self.lm.vocab_size]
-        if outside:
-            raise InvalidParameter(
-                f"prompt token {outside[0]} is outside the vocabulary "
-                f"(0..{self.lm.vocab_size - 1})",
-                param="prompt",
-            )
+        self._check_prompt(prompt)
         total = len(prompt) + params.max_tokens
         if total > self.lm.context_length:
             raise InvalidParameter(
@@ -200,6 +187,25 @@ class GenerationEngine:
         self._inbox.put(seq)
         return SequenceHandle(seq)
 
+    def _check_prompt(self, prompt: list[int]) -> None:
+        """InvalidParameter (400) for an empty or too long prompt or a token id outside the
+        vocabulary."""
+        if not prompt:
+            raise InvalidParameter("the prompt is empty (no tokens)", param="prompt")
+        if len(prompt) > self.limits.max_prompt_tokens:
+            raise InvalidParameter(
+                f"the prompt has {len(prompt)} tokens; this endpoint accepts at most "
+                f"{self.limits.max_prompt_tokens}",
+                param="prompt",
+            )
+        outside = [t for t in prompt if not 0 <= t < self.lm.vocab_size]
+        if outside:
+            raise InvalidParameter(
+                f"prompt token {outside[0]} is outside the vocabulary "
+                f"(0..{self.lm.vocab_size - 1})",
+                param="prompt",
+            )
+
     def in_use(self, adapter: str | None) -> int:
         """Sequences admitted on ``adapter`` and not yet finished."""
         with self._lock:
@@ -210,6 +216,32 @@ class GenerationEngine:
         """(sequences admitted, tokens reserved) now."""
         with self._lock:
             return self._sequences, self._reserved
+
+    async def score(
+        self, prompts: list[list[int]], adapter: str | None, *, top: int = 0
+    ) -> list[PromptScore]:
+        """Each prompt token's log-probability (see ``scoring``), between two decoding steps;
+        InvalidParameter (400) for a prompt the model cannot take."""
+        for prompt in prompts:
+            self._check_prompt(prompt)
+            if len(prompt) > self.lm.context_length:
+                raise InvalidParameter(
+                    f"the prompt has {len(prompt)} tokens, beyond the model's context of "
+                    f"{self.lm.context_length} tokens",
+                    param="prompt",
+                )
+        scores: list[PromptScore] = []
+
+        def run() -> None:
+            rows = self.limits.max_batch
+            try:
+                scores.extend(score_prompts(self.adapters, prompts, adapter, top=top, rows=rows))
+            except Exception as exc:  # the model's failure answers this request only
+                log.exception("scoring failed on %s", self.name)
+                raise GenerationFailed(f"scoring failed: {exc}") from None
+
+        await self._command(run)
+        return scores
 
     async def load_adapter(self, name: str, directory: Path) -> None:
         """Load an adapter between two steps (waits until it is ready to serve)."""

@@ -5,7 +5,9 @@ one copy of the base) or a whole model (merged weights: an engine of its own). `
 the active version, ``name@N`` version N while it stays loaded. Publishing a new version loads
 it first and moves the active pointer after, so no request ever finds nothing to run; older
 versions stay loaded (up to ``keep_versions``) and are unloaded only when no sequence uses them,
-so a stream always finishes on the version it started with.
+so a stream always finishes on the version it started with. A version's compressed variants
+(int8 weight-only, low-rank: whole models) each run in an engine of their own, picked per
+request, and leave with their version.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class ServedLM:
     engine: GenerationEngine
     adapter: str | None  # the adapter's name inside the engine; None: the engine's own weights
     created: int = field(default_factory=lambda: int(time.time()))
+    variant: str = "fp32"  # or a compressed variant of the version (its own engine)
+    weights_sha256: str | None = None  # a variant's weight file, to notice a replaced one
 
     @property
     def id(self) -> str:
@@ -50,6 +54,7 @@ class LanguageModels:
         self.keep_versions = keep_versions
         self._engines: dict[str, GenerationEngine] = {}  # base key -> engine
         self._versions: dict[str, dict[int, ServedLM]] = {}
+        self._variants: dict[tuple[str, int], dict[str, ServedLM]] = {}
         self._active: dict[str, int] = {}
 
     # lookup ------------------------------------------------------------------------------
@@ -64,8 +69,27 @@ class LanguageModels:
         version = self._active.get(name)
         return None if version is None else self._versions[name][version]
 
-    def resolve(self, model_id: str) -> ServedLM:
-        """``name`` (the active version) or ``name@N``; UnknownModel names what is served."""
+    def variants_of(self, name: str, version: int) -> list[str]:
+        """The forms ``name`` v``version`` is served in: fp32 and its loaded variants."""
+        if version not in self._versions.get(name, {}):
+            return []
+        return ["fp32", *sorted(self._variants.get((name, version), {}))]
+
+    def resolve(self, model_id: str, variant: str | None = None) -> ServedLM:
+        """``name`` (the active version) or ``name@N``, in ``variant`` (None or ``fp32``: the
+        version's own weights); UnknownModel names what is served."""
+        served = self._resolve(model_id)
+        if variant is None or variant == served.variant:
+            return served
+        found = self._variants.get((served.name, served.version), {}).get(variant)
+        if found is None:
+            raise UnknownModel(
+                f"{served.id} has no variant {variant!r}; served: "
+                f"{self.variants_of(served.name, served.version)}"
+            )
+        return found
+
+    def _resolve(self, model_id: str) -> ServedLM:
         match = MODEL_ID.fullmatch(model_id)
         served = None
         if match is not None:
@@ -123,15 +147,43 @@ class LanguageModels:
         await self._evict(name)
         return served
 
+    def add_variant(
+        self, name: str, version: int, variant: str, engine: GenerationEngine, sha256: str
+    ) -> ServedLM:
+        """Serve ``variant`` of the loaded version ``name`` v``version`` from ``engine``
+        (started here); a variant it replaces stops once no sequence uses it."""
+        served = ServedLM(
+            name, version, engine.start(), None, variant=variant, weights_sha256=sha256
+        )
+        forms = self._variants.setdefault((name, version), {})
+        old = forms.get(variant)
+        forms[variant] = served
+        if old is not None and not old.engine.in_use(None):
+            old.engine.stop()
+        return served
+
+    def has_variant(self, name: str, version: int, variant: str, sha256: str) -> bool:
+        """Whether this exact variant file already serves ``name`` v``version``."""
+        found = self._variants.get((name, version), {}).get(variant)
+        return found is not None and found.weights_sha256 == sha256
+
+    def is_served(self, name: str, version: int) -> bool:
+        return version in self._versions.get(name, {})
+
     async def _evict(self, name: str) -> None:
         """Unload the oldest versions beyond ``keep_versions`` that no sequence is using."""
         versions = self._versions.get(name, {})
         active = self._active.get(name)
         for version in sorted(versions)[: max(0, len(versions) - self.keep_versions)]:
             served = versions[version]
+            forms = self._variants.get((name, version), {}).values()
             if version == active or served.engine.in_use(served.adapter):
                 continue
+            if any(form.engine.in_use(None) for form in forms):
+                continue
             del versions[version]
+            for form in self._variants.pop((name, version), {}).values():
+                await asyncio.to_thread(self._drop_engine, form.engine)
             if served.adapter is not None:
                 await served.engine.unload_adapter(served.adapter)
             elif not any(
@@ -151,4 +203,5 @@ class LanguageModels:
             engine.stop()
         self._engines.clear()
         self._versions.clear()
+        self._variants.clear()
         self._active.clear()

@@ -176,7 +176,9 @@ def envelope(kind: str, served: ServedLM) -> dict[str, Any]:
         "object": kind,
         "created": int(time.time()),
         "model": served.id,
-        "system_fingerprint": f"fedsys-{served.id}",
+        "system_fingerprint": f"fedsys-{served.id}"
+        + ("" if served.variant == "fp32" else f"-{served.variant}"),
+        "variant": served.variant,
     }
 
 

@@ -2,16 +2,17 @@
 
 API keys are the endpoint's (``Authorization: Bearer KEY``, as the OpenAI SDK sends them, or
 ``X-API-Key``); errors are in OpenAI's shape with the status ``error_handlers`` gives their
-class. The request's ``model`` is ``NAME`` (the active version) or ``NAME@VERSION``; every
+class. The request's ``model`` is ``NAME`` (the active version) or ``NAME@VERSION``, and ``variant``
+(a body field or ``?variant=``) picks a compressed variant of that version; every
 answer and every chunk names the version that produced it (``model``), and a stream stays on
 the version it started with even when a new one is published meanwhile.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
@@ -19,7 +20,7 @@ from fedsys.errors import InvalidParameter, MalformedRequest, UnsupportedMediaTy
 from fedsys.serving.generation.served import LanguageModels, ServedLM
 from fedsys.serving.guards import check_client_key
 from fedsys.serving.inputs import media_type, read_body
-from fedsys.serving.openai_api import generate
+from fedsys.serving.openai_api import echo, generate
 from fedsys.serving.openai_api.errors import openai_error
 from fedsys.serving.openai_api.schemas import (
     ChatCompletion,
@@ -61,27 +62,62 @@ def _models(state: ServingState) -> LanguageModels:
     return models
 
 
+VariantQuery = Annotated[
+    str | None,
+    Query(
+        max_length=32,
+        description="A compressed variant of the version (int8, lowrank) or fp32; the same "
+        "as the body's variant field.",
+    ),
+]
+
+
+def _served(state: ServingState, model: str, body: str | None, query: str | None) -> ServedLM:
+    """The version the request names, in the variant it names (body field or ``?variant=``),
+    else in the endpoint's default variant where the version has one, else fp32."""
+    if body is not None and query is not None and body != query:
+        raise InvalidParameter(
+            f"variant {body!r} in the body and {query!r} in the query differ", param="variant"
+        )
+    models = _models(state)
+    asked = body if body is not None else query
+    if asked is None:
+        served = models.resolve(model)
+        default = state.settings.default_variant
+        if default is not None and default in models.variants_of(served.name, served.version):
+            return models.resolve(model, default)
+        return served
+    return models.resolve(model, asked)
+
+
 @router.post(
     "/v1/completions",
     openapi_extra=json_body(CompletionRequest),
     responses={200: {"model": Completion}, **ERRORS},
 )
-async def completions(request: Request, state: Serving) -> Response:
-    """Text completions of one or several prompts; ``stream`` for server-sent events."""
+async def completions(request: Request, state: Serving, variant: VariantQuery = None) -> Response:
+    """Text completions of one or several prompts; ``stream`` for server-sent events;
+    ``echo`` with ``max_tokens: 0`` and ``logprobs``: the prompt's token log-probabilities."""
     check_client_key(state, request, "completions")
     req = await _parse(state, request, CompletionRequest)
-    served = _models(state).resolve(req.model)
+    served = _served(state, req.model, req.variant, variant)
     engine = served.engine
     prompts = generate.prompts_of(req.prompt, engine.encode)
+    envelope = generate.envelope("text_completion", served)
+    include = bool(req.stream_options and req.stream_options.include_usage)
+    if req.scores_prompt:  # echo with max_tokens 0: the prompt's log-probabilities
+        scored, used = await echo.scored_choices(served, req, prompts)
+        if req.stream:
+            return _sse(echo.scored_stream(envelope, scored, used, include_usage=include))
+        return JSONResponse({**envelope, "choices": scored, "usage": used})
     params = generate.sampling_params(req, req.max_tokens, engine.limits.default_max_tokens)
     handles = generate.submit_all(served, prompts, params, req.n)
-    envelope = generate.envelope("text_completion", served)
 
-    def choice(index: int, text: str, finish: str | None) -> dict[str, Any]:
+    def plain(index: int, text: str, finish: str | None) -> dict[str, Any]:
         return {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
 
+    choice = echo.echoed(prompts, req.n, engine.decode, plain) if req.echo else plain
     if req.stream:
-        include = bool(req.stream_options and req.stream_options.include_usage)
         return _sse(generate.stream(handles, envelope, choice, include_usage=include))
     outcomes = await generate.collect(handles)
     choices = [choice(i, o.text, generate.finish_reason(o.finish)) for i, o in enumerate(outcomes)]
@@ -93,11 +129,13 @@ async def completions(request: Request, state: Serving) -> Response:
     openapi_extra=json_body(ChatCompletionRequest),
     responses={200: {"model": ChatCompletion}, **ERRORS},
 )
-async def chat_completions(request: Request, state: Serving) -> Response:
+async def chat_completions(
+    request: Request, state: Serving, variant: VariantQuery = None
+) -> Response:
     """A chat reply, for models whose tokenizer carries a chat template."""
     check_client_key(state, request, "chat")
     req = await _parse(state, request, ChatCompletionRequest)
-    served = _models(state).resolve(req.model)
+    served = _served(state, req.model, req.variant, variant)
     prompt = _chat_prompt(served, req)
     engine = served.engine
     params = generate.sampling_params(

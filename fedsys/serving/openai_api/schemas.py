@@ -1,8 +1,10 @@
 """Request and response bodies of the OpenAI completions API, as far as fedsys serves it.
 
-Parameters fedsys does not implement (logprobs, echo, penalties, logit_bias, best_of) are
-accepted only at their neutral value, so a client that depends on them hears so (400) rather
-than getting an answer computed without them.
+Parameters fedsys does not implement (penalties, logit_bias, best_of, logprobs of generated
+tokens) are accepted only at their neutral value, so a client that depends on them hears so
+(400) rather than getting an answer computed without them. ``echo`` is served, and with
+``max_tokens: 0`` and ``logprobs`` it scores the prompt (each token's log-probability), the
+legacy completions API's way of measuring likelihood through an endpoint.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fedsys.errors import InvalidParameter
+
 MAX_STOP = 4
 MAX_N = 16
+MAX_LOGPROBS = 5  # OpenAI's limit on top log-probabilities per position
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
@@ -43,9 +48,15 @@ class SamplingFields(BaseModel):
     presence_penalty: float = Field(default=0.0, ge=0.0, le=0.0, description="0 only.")
     frequency_penalty: float = Field(default=0.0, ge=0.0, le=0.0, description="0 only.")
     logit_bias: dict[str, float] | None = Field(default=None, max_length=0)
-    logprobs: None = None
     ignore_eos: bool = Field(
         default=False, description="Extension (as in vLLM): generate max_tokens tokens."
+    )
+    variant: str | None = Field(
+        default=None,
+        max_length=32,
+        description="Extension: a compressed variant of the version (int8, lowrank) or fp32; "
+        "the same as the ?variant= query parameter. Default: the endpoint's default variant "
+        "where the version has it, else fp32.",
     )
 
     @model_validator(mode="after")
@@ -66,9 +77,35 @@ class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]] = Field(
         description="Text, several texts, token ids, or several lists of token ids."
     )
-    echo: Literal[False] = False
+    max_tokens: int | None = Field(
+        default=None, ge=0, description="0 (with echo): score the prompt, generate nothing."
+    )
+    echo: bool = Field(default=False, description="Return the prompt before the completion.")
+    logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description="With echo and max_tokens 0: each prompt token's log-probability and the "
+        "this many most likely tokens at each position.",
+    )
     best_of: Literal[1] | None = None
     suffix: None = None
+
+    @property
+    def scores_prompt(self) -> bool:
+        """echo with max_tokens 0: score the prompt; InvalidParameter for what is not served."""
+        if self.max_tokens == 0 and not self.echo:
+            raise InvalidParameter(
+                "max_tokens 0 generates nothing; set echo to score the prompt",
+                param="max_tokens",
+            )
+        if self.logprobs is not None and self.max_tokens != 0:
+            raise InvalidParameter(
+                "logprobs are served for the prompt only (echo with max_tokens 0), not for "
+                "generated tokens",
+                param="logprobs",
+            )
+        return self.echo and self.max_tokens == 0
 
 
 class ChatMessage(BaseModel):
@@ -83,6 +120,7 @@ class ChatCompletionRequest(SamplingFields):
     """``POST /v1/chat/completions``; needs a base whose tokenizer has a chat template."""
 
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: None = None
     max_completion_tokens: int | None = Field(default=None, ge=1)
 
 
@@ -92,10 +130,20 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class CompletionLogprobs(BaseModel):
+    """A scored prompt: its tokens (decoded one by one), their offsets in ``text``, each
+    token's log-probability (None for the first) and the top alternatives when asked."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None] | None
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     text: str
     index: int
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None
 
 
@@ -107,6 +155,7 @@ class Completion(BaseModel):
     choices: list[CompletionChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+    variant: str | None = Field(default=None, description="Extension: the form that answered.")
 
 
 class ChatChoice(BaseModel):
@@ -123,6 +172,7 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+    variant: str | None = Field(default=None, description="Extension: the form that answered.")
 
 
 class ErrorDetail(BaseModel):

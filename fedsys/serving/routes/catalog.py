@@ -12,8 +12,9 @@ from fedsys.errors import UnknownModel
 from fedsys.registry import ModelManifest
 from fedsys.registry.variants import listed_manifest, variant_names
 from fedsys.serving.error_handlers import error_responses
+from fedsys.serving.generation.served import ServedLM
 from fedsys.serving.guards import check_action_method, check_name
-from fedsys.serving.state import Serving
+from fedsys.serving.state import Serving, ServingState
 
 router = APIRouter()
 
@@ -88,8 +89,8 @@ def describe_model(name: str, state: Serving) -> dict[str, Any]:
         "name": name,
         "active_version": active,
         "served_version": served.version if served else (lm.version if lm else None),
-        "variant": served.variant if served else None,
-        "served_variants": served.served_variants() if served else [],
+        "variant": served.variant if served else _lm_default(state, lm),
+        "served_variants": served.served_variants() if served else _lm_forms(state, lm),
         "variants": {version: found for version, found in variants.items() if found},
         "metrics": current.metrics if current else None,
         "versions": [m.model_dump(mode="json") for m in manifests],
@@ -104,3 +105,16 @@ def listed_variants(version_dir: Path) -> list[dict[str, Any]]:
         if m is not None:
             out.append({"variant": variant, "model": m.model, "metrics": m.metrics})
     return out
+
+
+def _lm_forms(state: ServingState, lm: ServedLM | None) -> list[str]:
+    """The forms a language model's active version is served in (fp32 and its variants)."""
+    return [] if lm is None else state.language_models.variants_of(lm.name, lm.version)
+
+
+def _lm_default(state: ServingState, lm: ServedLM | None) -> str | None:
+    """What answers a request on the language model that names no variant."""
+    if lm is None:
+        return None
+    default = state.settings.default_variant
+    return default if default in _lm_forms(state, lm) else "fp32"

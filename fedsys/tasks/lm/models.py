@@ -8,7 +8,6 @@ same however the file was written, so every node can prove it holds the server's
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,14 +105,11 @@ def load_checkpoint(directory: Path) -> nn.Module:
 
 
 def weights_sha256(model: nn.Module) -> str:
-    """sha256 over every tensor of the state dict in name order (name, dtype, shape, bytes)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        if t.numel():
-            digest.update(t.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
+    """sha256 over every tensor of the state dict in name order (name, dtype, shape, bytes):
+    the registry's digest, so a node's check and the endpoint's agree by construction."""
+    from fedsys.registry.lm_base import tensors_sha256
+
+    return tensors_sha256(model.state_dict())
 
 
 def vocab_size_of(model: nn.Module) -> int:

@@ -1,23 +1,43 @@
-"""What a published language-model version holds: the adapter, or the merged weights.
+"""What a published language-model version holds, in the endpoint's format (the manifest's
+``language_model``): the adapter over its base, or the merged weights (``publish.merge``).
 
-An adapter version is small and names its base by sha256 (the reader must hold that base);
-a merged version is a whole model (``publish.merge``) that stands alone and is what the int8
-copy quantizes. Both are plain tensors under peft's / transformers' own names.
+An adapter version is peft's saved tensors plus their ``LoraConfig``; a merged version is every
+tensor of the base with the adapter folded in, and is what the int8 copy quantizes. Either names
+its base by the registry's copy (``bases/<address>``, written once per base and tokenizer), so
+the endpoint loads the base, checks its sha256 and serves the version with nothing from the run.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedsys.errors import FedsysError
 from fedsys.lm_config import LMConfig
-from fedsys.tasks.lm.lora import adapter_parameters, load_travelling_state
+from fedsys.tasks.lm.lora import ADAPTER, adapter_parameters, load_travelling_state
 from fedsys.tasks.lm.models import BaseModel
+from fedsys.tasks.lm.tokenizer import TextTokenizer
+
+# A checkpoint's own tokenizer (lm.tokenizer.kind: checkpoint) is copied with the base.
+TOKENIZER_FILES = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template*",
+    "vocab*",
+    "merges.txt",
+    "*.model",
+)
 
 
 def _with_state(model: nn.Module, state: Mapping[str, np.ndarray], aggregation: str) -> nn.Module:
@@ -39,6 +59,16 @@ def adapter_tensors(
     return {k: p.detach().numpy().copy() for k, p in adapter_parameters(copied, "fedit").items()}
 
 
+def adapter_config(model: nn.Module) -> dict[str, Any]:
+    """The adapter's ``LoraConfig.to_dict()`` as JSON (what ``peft.get_peft_config`` reads)."""
+    config = model.peft_config[ADAPTER].to_dict()  # type: ignore[index, union-attr, operator]
+    for key, value in config.items():
+        if isinstance(value, set):  # target_modules: a set in peft, a sorted list on disk
+            config[key] = sorted(value)
+    loaded: dict[str, Any] = json.loads(json.dumps(config, default=str))
+    return loaded
+
+
 def merged_model(model: nn.Module, state: Mapping[str, np.ndarray], aggregation: str) -> nn.Module:
     """The base with the adapter folded in (peft's ``merge_and_unload``): a plain model."""
     copied = _with_state(model, state, aggregation)
@@ -48,58 +78,60 @@ def merged_model(model: nn.Module, state: Mapping[str, np.ndarray], aggregation:
     return merged.eval()
 
 
-def merged_tensors(
-    model: nn.Module, state: Mapping[str, np.ndarray], aggregation: str
-) -> dict[str, np.ndarray]:
-    merged = merged_model(model, state, aggregation)
-    return {k: v.detach().numpy().copy() for k, v in merged.state_dict().items()}
-
-
-def describe(
-    base: BaseModel, lm: LMConfig, content: str, weights: Mapping[str, np.ndarray]
-) -> dict[str, Any]:
-    """The manifest's ``model`` for a language-model version: what it holds (``content``:
-    adapter or merged), its base's sha256 and architecture, the adapter's settings and shapes."""
-    config = base.model.config.to_dict()  # type: ignore[union-attr, operator]
+def describe(base: BaseModel, lm: LMConfig) -> dict[str, Any]:
+    """The manifest's ``model`` for a language-model version: where it came from (the base as
+    configured, the adapter's settings, the tokenizer); what it *is* is ``language_model``."""
     return {
         "task": "language_model",
-        "content": content,
-        "base_sha256": base.sha256,
-        "base": base.source,
-        "architecture": config,
+        "source": base.source,
         "lora": lm.lora.model_dump(mode="json"),
         "tokenizer": lm.tokenizer.kind,
-        "tensors": {k: list(v.shape) for k, v in weights.items()} if content == "adapter" else {},
     }
 
 
-class _Tensors(nn.Module):
-    """Empty parameters under dotted names: what an adapter version's weights must fill."""
-
-    def __init__(self, shapes: Mapping[str, list[int]]) -> None:
-        super().__init__()
-        for name, shape in shapes.items():
-            *path, leaf = name.split(".")
-            owner: nn.Module = self
-            for part in path:
-                if not hasattr(owner, part):
-                    owner.add_module(part, nn.Module())
-                owner = getattr(owner, part)
-            owner.register_parameter(leaf, nn.Parameter(torch.empty(shape), requires_grad=False))
+def _write_tokenizer(tokenizer: TextTokenizer, lm: LMConfig, directory: Path) -> None:
+    """The tokenizer the run trained with: the checkpoint's own files, or ours saved."""
+    directory.mkdir(parents=True, exist_ok=True)
+    source = lm.base.expanduser() if lm.base is not None else None
+    if lm.tokenizer.kind == "checkpoint" and source is not None:
+        for pattern in TOKENIZER_FILES:
+            for path in source.glob(pattern):
+                if path.is_file():
+                    shutil.copy2(path, directory / path.name)
+    else:
+        tokenizer.save(directory)
 
 
-def published_module(model: Mapping[str, Any]) -> nn.Module:
-    """The module a language-model version's weights load into (strictly): the merged
-    architecture, or the adapter's tensors (an adapter needs its base to run)."""
-    if model.get("content") == "adapter":
-        shapes = model.get("tensors")
-        if not isinstance(shapes, dict) or not shapes:
-            raise ValueError("an adapter version must list its tensors")
-        return _Tensors(shapes)
-    from transformers import AutoConfig, AutoModelForCausalLM
+def base_address(tokenizer: TextTokenizer, lm: LMConfig, base_sha256: str) -> str:
+    """The registry's name for a base directory: sha256 over the weights' sha256 and the
+    tokenizer's files, so one set of weights served with two tokenizers is two bases."""
+    digest = hashlib.sha256(f"{base_sha256}\0".encode())
+    with tempfile.TemporaryDirectory(prefix="fedsys-tokenizer-") as tmp:
+        _write_tokenizer(tokenizer, lm, Path(tmp))
+        for path in sorted(Path(tmp).iterdir()):
+            digest.update(f"{path.name}\0".encode() + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
-    architecture = dict(model["architecture"])
-    config = AutoConfig.for_model(architecture.pop("model_type"), **architecture)
-    with torch.device("meta"):
-        module = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
-    return module.to_empty(device="cpu")  # type: ignore[no-any-return]
+
+def base_writer(
+    fresh_base: Callable[[], BaseModel],
+    tokenizer: TextTokenizer,
+    lm: LMConfig,
+    sha256: str,
+) -> Callable[[Path], None]:
+    """Writes the run's base as a Hugging Face directory: the weights of a freshly loaded base
+    (the shared one carries the adapters, or full fine-tuning's weights), checked against
+    ``sha256``, and the tokenizer the run trained with."""
+
+    def write(directory: Path) -> None:
+        base = fresh_base()
+        if base.sha256 != sha256:
+            raise FedsysError(
+                f"the base ({base.source}) now has sha256 {base.sha256[:16]}..., the run "
+                f"trained on {sha256[:16]}...: it changed during the run; not publishing it"
+            )
+        directory.mkdir(parents=True, exist_ok=True)
+        base.model.save_pretrained(str(directory))  # type: ignore[operator]
+        _write_tokenizer(tokenizer, lm, directory)
+
+    return write

@@ -18,7 +18,7 @@ from torch import nn
 from fedsys.config import ExperimentConfig, TrainConfig
 from fedsys.data.types import DatasetInfo
 from fedsys.errors import ConfigError, FedsysError
-from fedsys.tasks.base import ClientData, Metrics, Publication, State
+from fedsys.tasks.base import ClientData, LanguageModelContent, Metrics, Publication, State
 from fedsys.tasks.lm.lora import (
     adapter_parameters,
     attach_lora,
@@ -226,26 +226,42 @@ class LanguageModelTask:
         return None
 
     def publication(self, state: Mapping[str, np.ndarray], merge: bool) -> Publication | None:
-        """The adapter and its base's sha256, or (``merge``) the merged model."""
-        from fedsys.tasks.lm.publish import adapter_tensors, describe, merged_model
+        """The adapter over the run's base, or (``merge``, and full fine-tuning) the merged
+        model; either names the base the registry stores once (``bases/<address>``)."""
+        from fedsys.tasks.lm.publish import (
+            adapter_config,
+            adapter_tensors,
+            base_address,
+            base_writer,
+            describe,
+            merged_model,
+        )
 
         model = self.model()
+        base = self.base
+        tokenizer = self.tokenizer
+        where = (base.sha256, base_address(tokenizer, self.lm, base.sha256))
+        write_base = base_writer(
+            lambda: load_base(self.cfg, tokenizer), tokenizer, self.lm, base.sha256
+        )
+        content: LanguageModelContent
         if merge or self.aggregation == "full":
             merged = merged_model(model, state, self.aggregation)
             weights = {k: v.detach().numpy().copy() for k, v in merged.state_dict().items()}
-            content, module = "merged", merged
+            content = LanguageModelContent("merged", *where, write_base)
+            module: nn.Module | None = merged
         else:
-            weights, content, module = (
-                adapter_tensors(model, state, self.aggregation),
-                "adapter",
-                None,
-            )
+            weights = adapter_tensors(model, state, self.aggregation)
+            config = adapter_config(model)
+            content = LanguageModelContent("adapter", *where, write_base, adapter_config=config)
+            module = None
         return Publication(
             weights=weights,
-            model=describe(self.base, self.lm, content, weights),
+            model=describe(base, self.lm),
             input_shape=(self.lm.text.seq_len,),
             num_classes=self.tokenizer.vocab_size,
             module=module,
+            language_model=content,
         )
 
     def example_request(self, rows: int) -> dict[str, Any] | None:
