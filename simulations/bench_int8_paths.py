@@ -13,6 +13,8 @@ trained fp32 model is quantized (every Linear and Conv, calibrated on the first
   freezing passes fuse q/dq into oneDNN int8 ops; runs without compiling C++). That lowering
   exports with static shapes, so one program per batch size (1 and 32) is built; its
   flatten ``view`` is turned into ``reshape`` (the fused convolutions return channels-last);
+* ``pt2e_lowered_dynamic``: the same lowering with a dynamic batch dimension (one program
+  for every batch size), with the cost of loading it from safetensors (rebuild + lower);
 * ``pt2e_compiled``: the reference graph under ``torch.compile`` (Inductor with freezing,
   C++ codegen); a failure to compile is recorded, not raised.
 
@@ -142,6 +144,38 @@ def pt2e_rebuild(
     return qmodule
 
 
+def lower_dynamic(qmodule: torch.fx.GraphModule, example: torch.Tensor) -> torch.fx.GraphModule:
+    """``lower_pt2e_quantized_to_x86`` with a dynamic batch dimension (torchao's exports with
+    static shapes); private Inductor passes, as torchao itself uses them."""
+    from torch._export.utils import _is_cia_op
+    from torch._inductor.constant_folding import constant_fold
+    from torch._inductor.fx_passes.freezing_patterns import freezing_passes
+
+    decompositions = torch.export.default_decompositions()
+    for op in list(decompositions):
+        if not _is_cia_op(op):
+            del decompositions[op]
+    exported = torch.export.export(
+        qmodule, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), strict=True
+    )
+    lowered = exported.run_decompositions(decompositions).module()
+    graph = lowered.graph
+    for node in list(graph.nodes):
+        if node.target == torch.ops.aten.t.default:
+            with graph.inserting_before(node):
+                permuted = graph.call_function(
+                    torch.ops.aten.permute.default, (node.args[0], [1, 0])
+                )
+            node.replace_all_uses_with(permuted)
+            graph.erase_node(node)
+        elif node.target == torch.ops.aten.view.default:
+            node.target = torch.ops.aten.reshape.default
+    lowered.recompile()
+    freezing_passes(lowered, (example,))
+    constant_fold(lowered)
+    return lowered
+
+
 def int8_weight_bytes(tensors: dict[str, torch.Tensor]) -> int:
     return len(st_save(tensors))
 
@@ -248,6 +282,25 @@ def bench(
     except RuntimeError as exc:  # recorded, not raised: the finding is that it fails
         rows["pt2e_lowered"]["error"] = str(exc).splitlines()[0]
 
+    t = time.perf_counter()
+    with torch.no_grad():
+        dynamic = lower_dynamic(copy.deepcopy(ref), x[:32])
+    rows["pt2e_lowered_dynamic"] = {"lower_s": time.perf_counter() - t, "bytes": len(data)}
+    fns["pt2e_lowered_dynamic"] = dynamic
+    # what loading the stored variant would cost: rebuild from safetensors, then lower
+    t = time.perf_counter()
+    with torch.no_grad():
+        reloaded = lower_dynamic(
+            pt2e_rebuild(build_model(cfg.model, info), x[:1], dict(st_load(data))), x[:32]
+        )
+        rows["pt2e_lowered_dynamic"]["load_s"] = time.perf_counter() - t
+        rows["pt2e_lowered_dynamic"]["reload_bit_exact"] = bool(
+            torch.equal(reloaded(tx[:64]), dynamic(tx[:64]))
+        )
+    t = time.perf_counter()
+    load_variant(variant_bytes(fx, variant="int8", quantized=True, ranks={}), cfg.model, info)
+    rows["fx"]["load_s"] = time.perf_counter() - t
+
     if compile_:
         import torch._inductor.config as inductor_config
 
@@ -283,8 +336,6 @@ def bench(
         row["bytes_ratio"] = row["bytes"] / base["bytes"]
         row["accuracy_delta_points"] = (row["accuracy"] - base["accuracy"]) * 100
         row["speedup_batch32"] = row["rows_per_s_batch32"] / base["rows_per_s_batch32"]
-    # the FX artifact round trip through today's loader, as a sanity check
-    load_variant(variant_bytes(fx, variant="int8", quantized=True, ranks={}), cfg.model, info)
     return rows
 
 
