@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from fedsys.codec.params import QUANTIZE_BITS, DownlinkScheme, PipelineParams, QuantizeScheme
 from fedsys.compress.settings import CompressConfig
+from fedsys.config_rules import CROSS_SECTION_RULES
 from fedsys.config_section import Section
 from fedsys.defense_config import AttackConfig, DefenseConfig
 from fedsys.defense_config import AttackName as AttackName  # re-exported
@@ -22,7 +23,7 @@ from fedsys.errors import ConfigError
 from fedsys.lm_config import LMConfig, TaskName
 from fedsys.scale_config import FedBuffConfig, FederatedEvalConfig, PopulationConfig
 from fedsys.strategy_traits import ROBUST_STRATEGIES as ROBUST_STRATEGIES  # re-exported
-from fedsys.strategy_traits import STRATEGY_TRAITS, names_where
+from fedsys.strategy_traits import STRATEGY_TRAITS
 from fedsys.strategy_traits import StrategyName as StrategyName  # re-exported
 
 DatasetName = Literal["mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10"]
@@ -355,6 +356,14 @@ class RuntimeConfig(Section):
         description="Run the simulation on this existing Ray cluster (e.g. 10.0.0.5:6379, or "
         "'auto'); default: RAY_ADDRESS if set, else a Ray instance started for the run.",
     )
+    simulated_nodes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Flower nodes a simulation registers to play its clients; default: one "
+        "per client up to 64, else max(64, 4 x the clients busy at once) (one per client with "
+        "secure aggregation, a Ray cluster or the language-model task). See "
+        "fedsys.server.node_pool.",
+    )
     progress: bool = Field(default=True, description="Live rich table per round.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
@@ -388,167 +397,10 @@ class ExperimentConfig(Section):
     lm: LMConfig = Field(default_factory=LMConfig)
 
     @model_validator(mode="after")
-    def _check_task(self) -> ExperimentConfig:
-        """Each task reads its own sections: settings of the other one are a mistake."""
-        if self.task == "language_model":
-            # compared with the defaults, not fields set: a config survives a JSON round trip
-            data, model = DataConfig(), ModelConfig()
-            stray = [
-                f"data.{k}"
-                for k in DataConfig.model_fields
-                if k != "num_partitions" and getattr(self.data, k) != getattr(data, k)
-            ]
-            stray += [
-                f"model.{k}"
-                for k in ModelConfig.model_fields
-                if getattr(self.model, k) != getattr(model, k)
-            ]
-            if stray:
-                raise ValueError(
-                    f"task 'language_model' reads its data and model from the lm section; "
-                    f"remove {', '.join(stray)}"
-                )
-            if self.publish.int8_copy and not self.publish.merge:
-                raise ValueError(
-                    "publish.int8_copy quantizes a whole model: with task 'language_model' "
-                    "it needs publish.merge=true (an adapter alone has no int8 copy)"
-                )
-        elif self.lm != LMConfig():
-            raise ValueError("the lm section needs task: language_model")
-        return self
-
-    @model_validator(mode="after")
-    def _check(self) -> ExperimentConfig:
-        n = self.data.num_partitions
-        if self.strategy.min_available_nodes > n:
-            raise ValueError(
-                f"strategy.min_available_nodes ({self.strategy.min_available_nodes}) exceeds "
-                f"data.num_partitions ({n}): the run would wait forever"
-            )
-        if self.strategy.min_train_nodes > n:
-            raise ValueError(
-                f"strategy.min_train_nodes ({self.strategy.min_train_nodes}) exceeds "
-                f"data.num_partitions ({n})"
-            )
-        if self.strategy.name == "fedprox" and self.strategy.proximal_mu == 0.0:
-            raise ValueError("strategy.proximal_mu must be > 0 for fedprox (0 is plain FedAvg)")
-        if self.strategy.dp is not None and not STRATEGY_TRAITS[self.strategy.name].dp_compatible:
-            raise ValueError(
-                f"strategy.dp cannot wrap the robust strategy {self.strategy.name!r}: "
-                "Flower's DP wrappers assume a weighted average"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _check_serve(self) -> ExperimentConfig:
-        """Serving needs something published: serve.enabled turns publishing on at the end
-        of the run unless publish.mode was set; an explicit publish.mode=never is an error."""
-        if not self.serve.enabled or self.publish.mode != "never":
-            return self
-        if "mode" in self.publish.model_fields_set:
-            raise ValueError(
-                "serve.enabled needs a published model, but publish.mode is 'never' "
-                "(use at_end, every_round or on_improvement)"
-            )
-        self.publish.mode = "at_end"
-        return self
-
-    @model_validator(mode="after")
-    def _check_compress(self) -> ExperimentConfig:
-        """Compression tunes on the server's public split: compress.enabled holds back 10% of
-        the training set unless data.public_fraction or data.public_path says otherwise. A
-        language model's public text is lm.text's own split, so data's is not needed."""
-        if not self.compress.enabled or self.data.public_path is not None:
-            return self
-        if self.task == "language_model":
-            return self
-        if self.data.public_fraction > 0:
-            return self
-        if "public_fraction" in self.data.model_fields_set:
-            raise ValueError(
-                "compress.enabled needs a public split, but data.public_fraction is 0 "
-                "(set it, e.g. 0.1, or data.public_path)"
-            )
-        self.data.public_fraction = 0.1
-        return self
-
-    @model_validator(mode="after")
-    def _check_fedbuff(self) -> ExperimentConfig:
-        """FedBuff applies a buffer of example-weighted deltas itself: refuse what cannot be
-        buffered that way, with the reason."""
-        if not self.fedbuff.enabled:
-            return self
-        if self.secagg.enabled:
-            raise ValueError(
-                "fedbuff.enabled: secure aggregation masks one fixed cohort that starts and "
-                "ends together (its pairwise masks cancel only in that cohort's sum), while "
-                "FedBuff's buffer fills with clients that started at different server "
-                "versions; turn one of them off (codec.encrypt still seals each update)"
-            )
-        if self.strategy.name not in ("fedavg", "fedprox") or self.strategy.dp is not None:
-            raise ValueError(
-                f"fedbuff.enabled: strategy {self.strategy.name!r}"
-                f"{' with strategy.dp' if self.strategy.dp is not None else ''} cannot run "
-                "asynchronously; FedBuff applies a staleness-weighted mean of deltas, so use "
-                "strategy.name fedavg or fedprox (server_lr is fedbuff.server_lr)"
-            )
-        if self.fedbuff.concurrency > self.data.num_partitions:
-            raise ValueError(
-                f"fedbuff.concurrency ({self.fedbuff.concurrency}) exceeds data.num_partitions "
-                f"({self.data.num_partitions})"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _check_secagg(self) -> ExperimentConfig:
-        """Secure aggregation hides individual updates: refuse what needs to see them."""
-        if not self.secagg.enabled:
-            return self
-        fix = "clip on the clients instead (codec.clip_norm)"
-        if not STRATEGY_TRAITS[self.strategy.name].secagg_compatible:
-            *others, last = names_where(lambda t: t.secagg_compatible)
-            raise ValueError(
-                f"secagg.enabled: strategy {self.strategy.name!r} needs every client's update, "
-                f"but secure aggregation reveals only their sum; use {', '.join(others)} or "
-                f"{last}, and {fix} to bound each client's influence"
-            )
-        if self.strategy.dp is not None:
-            raise ValueError(
-                "secagg.enabled: strategy.dp (Flower's server-side DP) clips each client's "
-                f"update on the server, which never sees one under secure aggregation; {fix}"
-            )
-        if self.codec.max_norm is not None:
-            raise ValueError(
-                "secagg.enabled: codec.max_norm checks each update's norm on the server, which "
-                f"sees only the masked sum; remove it and {fix}"
-            )
-        if self.codec.topk is not None:
-            raise ValueError(
-                "secagg.enabled: codec.topk sends different positions per client, which leak "
-                "and cannot be summed under masks; remove codec.topk (quantization still "
-                "applies, see secagg.quant_bits)"
-            )
-        if self.codec.encrypt:
-            raise ValueError(
-                "secagg.enabled: codec.encrypt seals each update to the server, but masked "
-                "updates are already unreadable to it; set codec.encrypt=false"
-            )
-        if self.codec.clip_norm is None:
-            raise ValueError(
-                "secagg.enabled requires codec.clip_norm: the sum is quantized with one global "
-                "scale, and client-side clipping is what bounds every value (and each "
-                "client's influence, since the server cannot check updates)"
-            )
-        bits = self.secagg.bits
-        quant = self.secagg.resolved_quant_bits(self.codec)
-        if quant > bits:
-            raise ValueError(
-                f"secagg: quantization width {quant} (from codec.quantize="
-                f"{self.codec.quantize!r}) exceeds secagg.bits ({bits}); set secagg.quant_bits"
-            )
-        reason = SecAggConfig.wrap_error(self.data.num_partitions, bits, quant)
-        if reason is not None:
-            raise ValueError(f"secagg: the sum could wrap around: {reason}")
+    def _cross_section(self) -> ExperimentConfig:
+        """The rules across sections (``fedsys.config_rules``), in order; two fill defaults."""
+        for rule in CROSS_SECTION_RULES:
+            rule(self)
         return self
 
     def to_json(self) -> str:

@@ -119,9 +119,12 @@ def run_in_process(
     # only wants the grid (with its own ClientApp) does not need
     from fedsys.app import client_app
     from fedsys.server.loop import run_federation
+    from fedsys.server.node_pool import simulated_nodes
     from fedsys.server.progress import SilentReporter
 
-    grid = InProcessGrid(client_app, cfg.data.num_partitions, node_ids=node_ids)
+    # as many nodes as `fedsys simulate` registers (a pool when the population is large)
+    nodes = simulated_nodes(cfg) if simulation else cfg.data.num_partitions
+    grid = InProcessGrid(client_app, nodes, node_ids=node_ids)
     return run_federation(
         grid, cfg, out_dir, SilentReporter(), resume=resume, simulation=simulation
     )

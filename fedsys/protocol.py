@@ -15,6 +15,9 @@ HELLO_KEY = "hello"  # query reply record entry: a NodeHello as JSON
 # Simulation: the virtual client (data partition) a node plays, assigned by the server so a
 # run's clients never depend on Flower's random node ids or the order nodes registered in.
 CLIENT_KEY = "fedsys.client-key"
+# Pooled simulation: the node id the client's update is bound to (its stable virtual node,
+# since the Flower node that runs it changes from message to message).
+BINDING_NODE_KEY = "fedsys.binding-node"
 INTRO_RECORD = "hello"  # reply record carrying the node's NodeHello with its first reply(s)
 
 

@@ -81,6 +81,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
     from flwr.simulation import run_simulation
 
     from fedsys.client.client_app import app as client_app
+    from fedsys.server.node_pool import simulated_nodes
     from fedsys.server.server_app import Launch, make_server_app
 
     # Fail on missing or unreadable data here, before Ray and the virtual nodes start (the
@@ -102,7 +103,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
         endpoint = endpoint_for(cfg, out_dir)
     with endpoint as url:
         stage(
-            f"starting Flower's simulation engine: Ray and {cfg.data.num_partitions} virtual "
+            f"starting Flower's simulation engine: Ray and {simulated_nodes(cfg)} virtual "
             "nodes, whose workers import torch before they answer (about 20 s on two busy "
             "cores)"
         )
@@ -111,7 +112,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> N
                 Launch(cfg=cfg, out_dir=out_dir, resume=resume, simulation=True)
             ),
             client_app=client_app,
-            num_supernodes=cfg.data.num_partitions,
+            num_supernodes=simulated_nodes(cfg),
             backend_config=backend_config,  # type: ignore[arg-type]
         )
         if url is not None:

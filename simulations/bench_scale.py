@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -165,15 +166,18 @@ def _ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        for k in args.sampled:
-            for n in args.populations:
-                if k > n:
-                    continue
-                entry: dict[str, Any] = {"population": n, "sampled": k}
+        for rep, k, n in (
+            (rep, k, n)
+            for rep in range(args.repeats)
+            for k in args.sampled
+            for n in args.populations
+        ):
+            if k <= n:
+                entry: dict[str, Any] = {"population": n, "sampled": k, "repeat": rep}
                 for side in args.sides:
-                    work = Path(tmp) / f"{side}-{n}-{k}"
+                    work = Path(tmp) / f"{side}-{n}-{k}-{rep}"
                     work.mkdir()
-                    print(f"[N={n} k={k}] {side} ...", flush=True)
+                    print(f"[N={n} k={k} repeat {rep + 1}] {side} ...", flush=True)
                     if side == "plain":
                         result = run_plain(n, k, args.rounds, work, args.timeout)
                     else:
@@ -207,12 +211,51 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": args.rounds,
             "fedsys_extra_settings": args.set,
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "repeats": args.repeats,
         },
         "method": __doc__.split("Figures per run", 1)[1].split("Usage::", 1)[0].strip(),
         "machine": machine_info(),
         "runs": runs,
-        "fedsys_vs_smallest": _against_smallest(runs),
+        "medians": _medians(runs),
+        "fedsys_vs_smallest": _against_smallest(_medians(runs)),
     }
+
+
+FIGURES = (
+    "startup_seconds",
+    "seconds_per_round_steady",
+    "driver_peak_rss_mib",
+    "tree_peak_rss_mib_sampled",
+)
+
+
+def _medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per population, sample size and side: the median of each figure over the repeats,
+    with its smallest and largest value (start-up moves most on a shared machine)."""
+    out = []
+    for n, k in sorted({(r["population"], r["sampled"]) for r in runs}):
+        entry: dict[str, Any] = {"population": n, "sampled": k}
+        for side in ("plain", "fedsys"):
+            ok = [
+                r[side]
+                for r in runs
+                if (r["population"], r["sampled"]) == (n, k) and r.get(side, {}).get("ok")
+            ]
+            if not ok:
+                continue
+            entry[side] = {"ok": True, "runs": len(ok)}
+            for key in FIGURES:
+                values = [float(o[key]) for o in ok]
+                entry[side][key] = statistics.median(values)
+                entry[side][f"{key}_min"] = min(values)
+                entry[side][f"{key}_max"] = max(values)
+        if "plain" in entry and "fedsys" in entry:
+            entry["ratio_startup"] = _ratio(entry["fedsys"], entry["plain"], "startup_seconds")
+            entry["ratio_seconds_per_round"] = _ratio(
+                entry["fedsys"], entry["plain"], "seconds_per_round_steady"
+            )
+        out.append(entry)
+    return out
 
 
 def _against_smallest(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -242,6 +285,9 @@ def main() -> None:
     parser.add_argument("--populations", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--sampled", type=int, nargs="+", default=[10])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="Run every population this many times (medians)."
+    )
     parser.add_argument("--sides", nargs="+", default=["plain", "fedsys"])
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--set", action="append", default=[], help="Extra fedsys setting.")
@@ -256,6 +302,17 @@ def main() -> None:
     report = bench(args)
     save_report(report, args.out)
     print(json.dumps(report["fedsys_vs_smallest"], indent=2))
+    for m in report["medians"]:
+        for side in ("plain", "fedsys"):
+            if side in m:
+                f = m[side]
+                print(
+                    f"N={m['population']} k={m['sampled']} {side}: start-up "
+                    f"{f['startup_seconds']:.1f} s ({f['startup_seconds_min']:.1f}-"
+                    f"{f['startup_seconds_max']:.1f}), {f['seconds_per_round_steady']:.3f} s/round "
+                    f"({f['seconds_per_round_steady_min']:.3f}-"
+                    f"{f['seconds_per_round_steady_max']:.3f}), runs {f['runs']}"
+                )
     print(f"wrote {args.out}")
 
 

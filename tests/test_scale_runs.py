@@ -64,6 +64,43 @@ def test_same_seed_same_model_whatever_the_node_ids_and_their_order(tmp_path: Pa
         assert all(r.rejected == [] and r.clients == r.sampled for r in rounds)
 
 
+def test_a_pool_of_nodes_plays_the_clients_with_the_same_result(tmp_path: Path) -> None:
+    """12 clients on 4 Flower nodes (each message on whichever node is free, so a client
+    moves between nodes, and 6 evaluations queue for 4 nodes): the same model and federated
+    evaluation as one node per client, every update accepted with encryption and error
+    feedback on (the client's key and residual follow it)."""
+    run = [
+        "codec.encrypt=true",
+        "codec.quantize=int8",
+        "train.rounds=2",
+        "federated_eval.evaluate_every=2",
+        "federated_eval.fraction_evaluate=0.5",
+    ]
+    _run(tmp_path / "one-each", run)
+    _run(tmp_path / "pooled", [*run, "runtime.simulated_nodes=4"])
+    _same(_model(tmp_path / "one-each"), _model(tmp_path / "pooled"))
+    one_each = read_rounds(tmp_path / "one-each" / "metrics.jsonl")
+    rounds = read_rounds(tmp_path / "pooled" / "metrics.jsonl")
+    assert all(r.rejected == [] and r.clients == r.sampled == 3 for r in rounds)
+    assert rounds[-1].federated_clients == 6
+    assert rounds[-1].federated_accuracy == one_each[-1].federated_accuracy
+
+
+def test_fedbuff_on_a_pool_of_nodes(tmp_path: Path) -> None:
+    pooled = [
+        "fedbuff.enabled=true",
+        "fedbuff.concurrency=3",
+        "fedbuff.buffer_size=2",
+        "codec.encrypt=true",
+        "train.rounds=2",
+    ]
+    _run(tmp_path / "one-each", pooled)
+    _run(tmp_path / "pooled", [*pooled, "runtime.simulated_nodes=3"])
+    _same(_model(tmp_path / "one-each"), _model(tmp_path / "pooled"))
+    rounds = read_rounds(tmp_path / "pooled" / "metrics.jsonl")
+    assert all(r.clients == 2 and r.rejected == [] for r in rounds)
+
+
 def test_fedbuff_runs_and_resumes(tmp_path: Path) -> None:
     fedbuff = [
         "fedbuff.enabled=true",

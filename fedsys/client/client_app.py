@@ -21,6 +21,7 @@ from fedsys.client.attack import attack_for
 from fedsys.client.node_config import NodeConfig
 from fedsys.client.node_state import state_root
 from fedsys.client.outbound import encode_delta, signing_key
+from fedsys.client.pooled import binding_node, pooled
 from fedsys.client.state_budget import budget_bytes, sampled_per_round
 from fedsys.client.virtual import client_id, partition_id
 from fedsys.codec.downlink import decode_global
@@ -172,12 +173,15 @@ def train(msg: Message, context: Context) -> Message:
         context,
         client_id=client_id(context, config),
         aggregator_key=aggregator_key if isinstance(aggregator_key, bytes) else None,
-        binding=RoundBinding(run_id=context.run_id, round=rnd, node_id=context.node_id),
+        binding=RoundBinding(
+            run_id=context.run_id, round=rnd, node_id=binding_node(context, config)
+        ),
         seed=seed,
         state_dir=state_root(cfg.runtime.node_state_dir),
         num_examples=stated,
         rewrite=(lambda p: attack.rewrite_payload(p, delta, stated)) if attack else None,
         state_budget=_state_budget(cfg, delta),
+        pooled=pooled(config),
     )
     record = attack.replace_record(outbound.record) if attack else outbound.record
     metrics = MetricRecord(
@@ -250,7 +254,11 @@ def _declared_examples(msg: Message, context: Context) -> int | None:
 
 def _introduction(msg: Message, context: Context, config: ConfigRecord | None) -> ConfigRecord:
     """This node's NodeHello: its partition (a stable label) and its update-signing key."""
-    public = signing_key_from_pem(signing_key(context)).public_key()
+    own = None  # pooled simulation: the client's own key, not the node's
+    if config is not None and pooled(config):
+        cfg = _parse_config(record_text(config, CONFIG_KEY))
+        own = (state_root(cfg.runtime.node_state_dir), client_id(context, config))
+    public = signing_key_from_pem(signing_key(context, own)).public_key()
     hello = NodeHello(
         partition_id=partition_id(context, config),
         client_id=client_id(context, config),

@@ -18,6 +18,7 @@ from flwr.app import ConfigRecord, Context, RecordDict
 
 from fedsys.client.node_config import NodeConfig
 from fedsys.client.node_state import load_residual, save_residual
+from fedsys.client.pooled import client_signing_key
 from fedsys.codec import build_pipeline, encode_update
 from fedsys.config import CodecConfig
 from fedsys.crypto import ClientKeys, RoundBinding, exchange_public_from_raw, seal
@@ -51,15 +52,20 @@ def _state(context: Context) -> ConfigRecord:
     return state.config_records[STATE_KEY]
 
 
-def signing_key(context: Context) -> bytes:
+def signing_key(context: Context, pooled_client: tuple[Path, str] | None = None) -> bytes:
     """This node's Ed25519 key (PEM), made on first use and kept in the node's state.
 
     In simulation every run makes fresh keys; a deployed node names its key file in the node
-    config (``signing-key``, made by ``fedsys keys client``; refused unless 0600).
+    config (``signing-key``, made by ``fedsys keys client``; refused unless 0600). A client of
+    a pooled simulation (``pooled_client`` = node-state directory, client id) keeps its own
+    key there, since its next message may run on another node (``fedsys.client.pooled``).
     """
     key_file = NodeConfig.parse(context.node_config).signing_key
     if key_file is not None:
         return private_to_pem(read_signing_key(Path(key_file)))
+    if pooled_client is not None:
+        state_dir, cid = pooled_client
+        return client_signing_key(state_dir, context.run_id, cid)
     state = _state(context)
     pem = state.get(_SIGNING_KEY)
     if not isinstance(pem, bytes):
@@ -85,11 +91,13 @@ def encode_delta(
     num_examples: int | None = None,
     rewrite: Callable[[bytes], bytes] | None = None,
     state_budget: int | None = None,
+    pooled: bool = False,
 ) -> Outbound:
     """Encode (and, when configured, seal) ``delta``; updates the stored residual.
 
     ``num_examples`` (the aggregation weight) is written into the payload, so the envelope
-    authenticates it with the values; the server reads it from there. ``rewrite`` replaces
+    authenticates it with the values; the server reads it from there. ``pooled``: sign with
+    the client's own key, not the node's (pooled simulation). ``rewrite`` replaces
     the payload before sealing (simulated attacks only). ``state_budget``: bytes all clients'
     residuals together may take on this node's disk (``fedsys.client.state_budget``)."""
     start = time.perf_counter()
@@ -122,7 +130,9 @@ def encode_delta(
         raise CodecArgumentError("codec.encrypt is on but the server sent no aggregator key")
     keys = ClientKeys(
         client_id=client_id,
-        signing_key=signing_key_from_pem(signing_key(context)),
+        signing_key=signing_key_from_pem(
+            signing_key(context, (state_dir, client_id) if pooled else None)
+        ),
         aggregator_key=exchange_public_from_raw(aggregator_key),
     )
     envelope = seal(payload, keys, binding, cipher=cfg.cipher)

@@ -29,7 +29,6 @@ from fedsys.errors import FedsysError
 from fedsys.fedbuff import FedBuffBuffer, InFlight, VirtualClock
 from fedsys.population import Availability, dropped_out, sample_keys
 from fedsys.population.speed import task_seconds
-from fedsys.protocol import CLIENT_KEY
 from fedsys.scale_config import FedBuffConfig
 from fedsys.server.collect import RoundCollector
 from fedsys.server.downlink import DownlinkModel, downlink_model, train_config
@@ -144,7 +143,7 @@ class FedBuffServer:
             return
         down, config = self._downlink(version)
         config = ConfigRecord(dict(config))
-        config[CLIENT_KEY] = key
+        self.peers.name_client(config, key)
         content = RecordDict({"arrays": down.for_strategy, "config": config})
         msg = Message(
             content=content,

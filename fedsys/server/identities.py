@@ -30,6 +30,8 @@ from fedsys.crypto.keys import signing_public_from_raw
 from fedsys.errors import FedsysError
 from fedsys.protocol import HELLO_KEY, INTRO_RECORD, NodeHello
 
+VIRTUAL_BASE = 1 << 48  # pooled simulation: a client's node id is base + key, never Flower's
+
 log = logging.getLogger("fedsys")
 
 POLL_SECONDS = 0.1
@@ -52,6 +54,9 @@ class VirtualClients:
     declared_examples: dict[int, int] = field(default_factory=dict)  # node -> examples
     allow_list: dict[str, Ed25519PublicKey] = field(default_factory=dict)
     _free: list[int] = field(default_factory=list)  # registered, playing no client (desc.)
+    # A pool of nodes plays the clients (``fedsys.server.node_pool``): a key's node is its
+    # stable virtual id, and the pooled grid picks a free Flower node per message.
+    pooled: bool = False
 
     def node_for(self, key: int) -> int:
         """The node that plays client ``key``; a free registered node on first need."""
@@ -60,6 +65,8 @@ class VirtualClients:
             return node
         if not 0 <= key < self.population:
             raise ValueError(f"client key {key} is outside 0..{self.population - 1}")
+        if self.pooled:
+            return self._name(key, VIRTUAL_BASE + key)
         deadline = time.monotonic() + self.timeout
         while not self._free:
             self._free = sorted(set(self.grid.get_node_ids()) - set(self.key_of_node))[::-1]
@@ -71,7 +78,9 @@ class VirtualClients:
                     f"({len(self.key_of_node)} of {self.population} play a client)"
                 )
             time.sleep(POLL_SECONDS)
-        node = self._free.pop()
+        return self._name(key, self._free.pop())
+
+    def _name(self, key: int, node: int) -> int:
         self.node_of_key[key], self.key_of_node[node] = node, key
         self.client_ids[node] = f"sim-{key}"
         return node

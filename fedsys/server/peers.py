@@ -17,10 +17,11 @@ from flwr.serverapp import Grid
 
 from fedsys.config import ExperimentConfig
 from fedsys.crypto import AggregatorKeys
-from fedsys.protocol import CLIENT_KEY
+from fedsys.protocol import BINDING_NODE_KEY, CLIENT_KEY
 from fedsys.server.grid_view import KeyGrid, StableOrderGrid
 from fedsys.server.hello import allow_list, hello
 from fedsys.server.identities import VirtualClients
+from fedsys.server.node_pool import PooledKeyGrid, simulated_nodes
 from fedsys.server.progress import Reporter
 
 
@@ -63,6 +64,13 @@ class Peers:
         else:
             self.grid.visible = {n for n, k in self.key_of_node.items() if k in online_keys}
 
+    def name_client(self, config: ConfigRecord, key: int) -> None:
+        """Simulation: tell the node which client it plays for this message (and, on a pool
+        of nodes, the virtual node id the client binds its update to)."""
+        config[CLIENT_KEY] = key
+        if self.virtual is not None and self.virtual.pooled:
+            config[BINDING_NODE_KEY] = self.virtual.node_for(key)
+
     def assign(self, messages: list[Message]) -> None:
         """Simulation: address each sampled client's message to the node that plays it, and
         name the client in it.
@@ -78,7 +86,7 @@ class Peers:
             for name, record in msg.content.items():
                 if isinstance(record, ConfigRecord):
                     record = ConfigRecord(dict(record))
-                    record[CLIENT_KEY] = key
+                    self.name_client(record, key)
                 content[name] = record
             msg.content = content
 
@@ -121,11 +129,21 @@ def meet(
 def _virtual(
     grid: Grid, cfg: ExperimentConfig, reporter: Reporter, exchange_key: X25519PrivateKey | None
 ) -> Peers:
-    population = cfg.data.num_partitions
-    reporter.stage(f"{population} simulated clients; nodes are given them as they are sampled")
-    clients = VirtualClients(grid, population, cfg.train.timeout)
+    population, nodes = cfg.data.num_partitions, simulated_nodes(cfg)
+    pooled = nodes < population
+    reporter.stage(
+        f"{population} simulated clients played by {nodes} nodes, each message on a free one"
+        if pooled
+        else f"{population} simulated clients; nodes are given them as they are sampled"
+    )
+    clients = VirtualClients(grid, population, cfg.train.timeout, pooled=pooled)
+    key_grid = (
+        PooledKeyGrid(grid, clients.key_of_node, population, nodes, cfg.train.timeout)
+        if pooled
+        else KeyGrid(grid, clients.key_of_node, population)
+    )
     return Peers(
-        grid=KeyGrid(grid, clients.key_of_node, population),
+        grid=key_grid,
         client_ids=clients.client_ids,
         declared_examples=clients.declared_examples,
         keys=AggregatorKeys(exchange_key, clients.allow_list) if exchange_key else None,
