@@ -20,8 +20,11 @@ maintained library serialises a pt2e program without pickle; hence this module).
 from __future__ import annotations
 
 import copy
+import functools
 import json
-from typing import Any
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -36,6 +39,22 @@ _Q_OPS = (
     "quantized_decomposed.dequantize_per_tensor.default",
 )
 _CONST = "const."
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _quiet_pytree(fn: _F) -> _F:
+    """Copying an exported program makes torch's own pytree code warn about its own
+    ``LeafSpec`` check once per node; the notice carries no action for callers."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
+            return fn(*args, **kwargs)
+
+    return cast(_F, wrapper)
+
+
 _QPARAMS = "qparams."
 
 
@@ -68,6 +87,7 @@ def _batch_dynamic(example: torch.Tensor) -> tuple[dict[int, Any]]:
     return ({0: torch.export.Dim.DYNAMIC},)
 
 
+@_quiet_pytree
 def _reference(module: nn.Module, calibration: torch.Tensor) -> GraphModule:
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -87,6 +107,7 @@ def _reference(module: nn.Module, calibration: torch.Tensor) -> GraphModule:
     return converted
 
 
+@_quiet_pytree
 def _lower(reference: GraphModule, example: torch.Tensor) -> GraphModule:
     """torchao's ``lower_pt2e_quantized_to_x86`` with a dynamic batch dimension."""
     from torch._export.utils import _is_cia_op
