@@ -13,7 +13,7 @@ from torch import nn
 
 from fedsys.compress.artifact import file_bytes, load_variant, variant_bytes
 from fedsys.compress.distill import fit
-from fedsys.compress.int8 import quantize_static
+from fedsys.compress.int8 import int8_module, quantize_static
 from fedsys.compress.lowrank import factorise
 from fedsys.compress.measure import within_budget
 from fedsys.compress.pipeline import build_variants
@@ -213,3 +213,10 @@ def test_variant_over_the_accuracy_budget_is_refused() -> None:
     assert by_name["pruned"].refused is not None
     assert "compress.accuracy_budget=0.05" in by_name["pruned"].refused
     assert [v.name for v in report.accepted()] == ["int8"]
+
+
+def test_int8_variant_from_the_fx_engine_is_refused_with_the_way_out() -> None:
+    cfg = ModelConfig(name="cnn1d", channels=4)
+    shell = build_model(cfg, CONV_INFO)
+    with pytest.raises(ArtifactRejected, match="run `fedsys compress` again"):
+        int8_module({}, {"int8_layers": "{}"}, shell, CONV_INFO.input_shape)

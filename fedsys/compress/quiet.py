@@ -1,12 +1,13 @@
 """Silence torch.ao.quantization's blanket deprecation notices inside compression calls only.
 
 torch 2.13 marks the whole ``torch.ao.quantization`` namespace and every quantized-tensor
-constructor as deprecated in favour of torchao, yet it is still the only path with int8 CPU
-kernels that run without ``torch.compile``: torchao's ``quantize_`` runs int8 Linear layers
-4-20x slower than fp32 in eager mode on this CPU, and its pt2e flow needs Inductor. The
-notices carry no action for callers, so they are filtered locally (a process-wide filter
-would also hide them from the user's own code). Observers are built with explicit
-``quant_min``/``quant_max``, so the ``reduce_range`` deprecation is not triggered at all.
+constructor as deprecated in favour of torchao. The classifiers' static int8 variant has moved
+to torchao's pt2e flow (``fedsys.compress.int8``, no notices); the publish-time dynamic int8
+copy (``fedsys.registry.int8_copy``) still uses ``quantize_dynamic``, because torchao's eager
+``quantize_`` runs int8 Linear layers 4-20x slower than fp32 on this CPU. The notices carry
+no action for callers, so they are filtered locally (a process-wide filter would also hide
+them from the user's own code). Observers are built with explicit ``quant_min``/``quant_max``,
+so the ``reduce_range`` deprecation is not triggered at all.
 """
 
 from __future__ import annotations
