@@ -291,9 +291,8 @@ class RoundCollector:
         Every cosine is taken against the same final sum, leave-one-out by scalar algebra, so
         the decisions do not depend on arrival order; rejected updates are then subtracted
         from the sums exactly (float64). An update is refused when its cosine is below
-        ``min_cosine`` *and* an outlier among the round's cosines (``min_cosine_spread``
-        robust deviations below their median): late in training honest updates are nearly
-        orthogonal, and a fixed threshold alone would refuse the unlucky half of them."""
+        ``min_cosine`` and, when ``min_cosine_spread`` is set, also an outlier among the
+        round's cosines (``fedsys.server.direction``)."""
         if self._sum is None or len(self._accepted) < 3:
             return
         total_sq = self._sum.square()

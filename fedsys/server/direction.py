@@ -5,7 +5,8 @@ is strongly negative while honest ones cluster near their median. Late in traini
 updates are nearly orthogonal (cosines scattered around zero), and a fixed threshold alone
 refuses the unlucky half of them; requiring an update to be an outlier too (a robust z-score
 from the median absolute deviation, which a minority of attackers cannot move far) keeps
-those while a flip of a meaningful update stays far below both lines.
+those. The price: when many clients flip, honest cosines spread and some flips sit above the
+second line (measured in docs/benchmarks.md), so it is opt-in (``min_cosine_spread``).
 """
 
 from __future__ import annotations
