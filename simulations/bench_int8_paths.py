@@ -49,6 +49,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from fedsys.compress.artifact import file_bytes
+from fedsys.compress.int8 import lower_to_x86
 from fedsys.config import build_config
 from fedsys.data import load_dataset
 from fedsys.models import build_model
@@ -180,38 +181,6 @@ def pt2e_rebuild(
     return qmodule
 
 
-def lower_dynamic(qmodule: torch.fx.GraphModule, example: torch.Tensor) -> torch.fx.GraphModule:
-    """``lower_pt2e_quantized_to_x86`` with a dynamic batch dimension (torchao's exports with
-    static shapes); private Inductor passes, as torchao itself uses them."""
-    from torch._export.utils import _is_cia_op
-    from torch._inductor.constant_folding import constant_fold
-    from torch._inductor.fx_passes.freezing_patterns import freezing_passes
-
-    decompositions = torch.export.default_decompositions()
-    for op in list(decompositions):
-        if not _is_cia_op(op):
-            del decompositions[op]
-    exported = torch.export.export(
-        qmodule, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), strict=True
-    )
-    lowered = exported.run_decompositions(decompositions).module()
-    graph = lowered.graph
-    for node in list(graph.nodes):
-        if node.target == torch.ops.aten.t.default:
-            with graph.inserting_before(node):
-                permuted = graph.call_function(
-                    torch.ops.aten.permute.default, (node.args[0], [1, 0])
-                )
-            node.replace_all_uses_with(permuted)
-            graph.erase_node(node)
-        elif node.target == torch.ops.aten.view.default:
-            node.target = torch.ops.aten.reshape.default
-    lowered.recompile()
-    freezing_passes(lowered, (example,))
-    constant_fold(lowered)
-    return lowered
-
-
 def int8_weight_bytes(tensors: dict[str, torch.Tensor]) -> int:
     return len(st_save(tensors))
 
@@ -319,13 +288,13 @@ def bench(
 
     t = time.perf_counter()
     with torch.no_grad():
-        dynamic = lower_dynamic(copy.deepcopy(ref), x[:32])
+        dynamic = lower_to_x86(copy.deepcopy(ref), x[:32])
     rows["pt2e_lowered_dynamic"] = {"lower_s": time.perf_counter() - t, "bytes": len(data)}
     fns["pt2e_lowered_dynamic"] = dynamic
     # what loading the stored variant would cost: rebuild from safetensors, then lower
     t = time.perf_counter()
     with torch.no_grad():
-        reloaded = lower_dynamic(
+        reloaded = lower_to_x86(
             pt2e_rebuild(build_model(cfg.model, info), x[:1], dict(st_load(data))), x[:32]
         )
         rows["pt2e_lowered_dynamic"]["load_s"] = time.perf_counter() - t

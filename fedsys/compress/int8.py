@@ -108,8 +108,9 @@ def _reference(module: nn.Module, calibration: torch.Tensor) -> GraphModule:
 
 
 @_quiet_pytree
-def _lower(reference: GraphModule, example: torch.Tensor) -> GraphModule:
-    """torchao's ``lower_pt2e_quantized_to_x86`` with a dynamic batch dimension."""
+def lower_to_x86(reference: GraphModule, example: torch.Tensor) -> GraphModule:
+    """torchao's ``lower_pt2e_quantized_to_x86`` with a dynamic batch dimension (torchao's
+    exports with static shapes); private Inductor passes, as torchao itself uses them."""
     from torch._export.utils import _is_cia_op
     from torch._inductor.constant_folding import constant_fold
     from torch._inductor.fx_passes.freezing_patterns import freezing_passes
@@ -154,7 +155,7 @@ def quantize_static(module: nn.Module, calibration: torch.Tensor) -> Int8Program
         raise ArtifactRejected("static int8 needs at least one calibration sample")
     calibration = calibration.float()
     reference = _reference(module, calibration)
-    return Int8Program(reference, _lower(reference, _example(calibration))).eval()
+    return Int8Program(reference, lower_to_x86(reference, _example(calibration))).eval()
 
 
 def int8_tensors(qmodule: Int8Program) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -217,7 +218,7 @@ def int8_module(
         if expected:
             raise ValueError(f"activations {sorted(expected)} are not in the model")
         reference.recompile()
-        lowered = _lower(reference, example)
+        lowered = lower_to_x86(reference, example)
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
         raise ArtifactRejected(f"int8 weights do not fit the model: {exc}") from None
     return Int8Program(reference, lowered).eval()
