@@ -40,26 +40,12 @@ from fedsys.registry import Lineage, Registry
 from fedsys.registry.lm_base import tensors_sha256
 from fedsys.registry.version_manifest import LanguageModelVersion
 from fedsys.serving.runner import free_port, serve_process
+from fedsys.tasks.lm.models import SIZES  # the language-model task's named sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "simulations" / "results" / "bench_generation.json"
 HOST = "127.0.0.1"
 VOCAB = 257  # bytes + end-of-text
-# The language-model task's named sizes (Llama-style: hidden, MLP, layers, heads).
-SIZES: dict[str, dict[str, int]] = {
-    "lm_tiny": {
-        "hidden_size": 128,
-        "intermediate_size": 352,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-    },
-    "lm_small": {
-        "hidden_size": 256,
-        "intermediate_size": 688,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-    },
-}
 PROMPT_SOURCE = Path(json.__file__).read_text()  # any fixed text of the interpreter's own
 
 
