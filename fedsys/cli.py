@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from fedsys.config import ExperimentConfig, load_config
 from fedsys.deploy.commands import client_cmd, partition_cmd, server_cmd
 from fedsys.deploy.keys_cli import certs_cmd, keys_app
 from fedsys.errors import FedsysError
+
+if TYPE_CHECKING:
+    from fedsys.serving.endpoint_settings import ServeSettings
 
 # Help texts are single paragraphs (rich keeps a docstring's line breaks as they are).
 EXIT_CODES = "Exit codes: 0 success, 1 the run failed, 2 a usage or config error."
@@ -193,6 +196,22 @@ def check_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     sys.stdout.write(resolved_yaml(cfg))
 
 
+def _serve_settings(**options: Any) -> ServeSettings:
+    """The endpoint's settings from the command's options; a bad one exits 2 with its reason
+    (an unreadable API-keys file too, here rather than in every worker)."""
+    from pydantic import ValidationError
+
+    from fedsys.serving.endpoint_settings import ServeSettings
+
+    try:
+        settings = ServeSettings(**options)
+        settings.api_keys()
+    except (ValidationError, FedsysError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    return settings
+
+
 @app.command()
 def serve(
     registry: Annotated[Path, typer.Option("--registry", help="Registry directory to serve.")],
@@ -237,42 +256,31 @@ def serve(
     """Serve a model registry over HTTP: fedsys's :predict, the Open Inference Protocol (/v2)
     and, for language models, the OpenAI API (/v1/completions). Publish token: env
     FEDSYS_PUBLISH_TOKEN."""
-    from pydantic import ValidationError
-
-    from fedsys.serving.endpoint_settings import ServeSettings
     from fedsys.serving.generation.limits import GenerationLimits
     from fedsys.serving.runner import free_port, serve_forever
 
     _setup_logging("INFO")
     if port == 0:  # pick the port here, so the line below (and the user) can name it
         port = free_port(host)
-    try:
-        settings = ServeSettings(
-            registry=registry,
-            host=host,
-            port=port,
-            workers=workers,
-            publisher_key=publisher_key,
-            api_keys_file=api_keys,
-            max_batch_size=max_batch_size,
-            max_wait_ms=max_wait_ms,
-            variant="int8" if int8 else "fp32",
-            torch_threads=torch_threads,
-            default_variant=variant,
-            generation=GenerationLimits(
-                max_batch=decode_batch,
-                max_sequences=max_sequences,
-                max_prompt_tokens=max_prompt_tokens,
-                max_total_tokens=max_total_tokens,
-            ),
-        )
-        settings.api_keys()  # an unreadable keys file fails here, not in every worker
-    except ValidationError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-    except FedsysError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    settings = _serve_settings(
+        registry=registry,
+        host=host,
+        port=port,
+        workers=workers,
+        publisher_key=publisher_key,
+        api_keys_file=api_keys,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        variant="int8" if int8 else "fp32",
+        torch_threads=torch_threads,
+        default_variant=variant,
+        generation=GenerationLimits(
+            max_batch=decode_batch,
+            max_sequences=max_sequences,
+            max_prompt_tokens=max_prompt_tokens,
+            max_total_tokens=max_total_tokens,
+        ),
+    )
     err.print(
         f"serving {registry} on http://{host}:{port} with {workers} worker(s); loading torch "
         "and the active models (a few seconds; /readyz answers 200 once one is loaded)"
