@@ -25,7 +25,7 @@ from fedsys.node_roster import (
     load_roster,
     record_node,
 )
-from fedsys.protocol import HELLO_KEY, INTRO_RECORD, NodeHello
+from fedsys.protocol import CLIENT_KEY, HELLO_KEY, INTRO_RECORD, NodeHello
 from fedsys.server.deployed_identities import REFUSED_INTRODUCTION, DeployedClients
 from fedsys.server.grid_view import DeployedGrid
 from fedsys.server.records import read_rounds
@@ -185,6 +185,8 @@ _RUN = [
     "runtime.seed=3",
     "codec.encrypt=true",
     "defense.direction_check=false",
+    "federated_eval.evaluate_every=1",
+    "federated_eval.fraction_evaluate=0.5",
 ]
 
 
@@ -192,14 +194,18 @@ def test_deployed_run_asks_no_node_and_ignores_node_ids(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The deployed path (no simulation) over in-process nodes: no start-up query, every
-    honest update accepted with encryption on, and with a roster the same model whatever
-    node ids the nodes got."""
+    honest update accepted with encryption on, federated evaluation on the nodes' own data,
+    and with a roster the same model whatever node ids the nodes got."""
     kinds: list[str] = []
+    named: list[int] = []  # messages that told a node which client to play
     push = InProcessGrid.push_messages
 
     def recording(self: InProcessGrid, messages: list[Message]) -> list[str]:
         messages = list(messages)
         kinds.extend(m.metadata.message_type for m in messages)
+        named.extend(
+            1 for m in messages if CLIENT_KEY in m.content.config_records.get("config", {})
+        )
         return list(push(self, messages))
 
     monkeypatch.setattr(InProcessGrid, "push_messages", recording)
@@ -214,7 +220,10 @@ def test_deployed_run_asks_no_node_and_ignores_node_ids(
         run_in_process(cfg, out, node_ids=ids, roster=roster)
         rounds = read_rounds(out / "metrics.jsonl")
         assert all(r.rejected == [] and r.clients == r.sampled == 3 for r in rounds)
+        assert all(r.federated_clients == 3 for r in rounds)
         models.append(load_file(out / "model.safetensors"))
-    assert set(kinds) == {MessageType.TRAIN}  # no query, so no node was asked who it is
+    # no query, so no node was asked who it is; deployed nodes name themselves
+    assert set(kinds) == {MessageType.TRAIN, MessageType.EVALUATE}
+    assert named == []
     for name in models[0]:
         np.testing.assert_array_equal(models[0][name], models[1][name])

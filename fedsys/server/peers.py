@@ -10,6 +10,8 @@ come from the allow-list files.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -25,6 +27,8 @@ from fedsys.server.grid_view import DeployedGrid, KeyGrid, StableOrderGrid
 from fedsys.server.identities import VirtualClients
 from fedsys.server.node_pool import PooledKeyGrid, simulated_nodes
 from fedsys.server.progress import Reporter
+
+log = logging.getLogger("fedsys")
 
 
 def _ignore(_reply: Message) -> None:
@@ -73,9 +77,12 @@ class Peers:
 
     def name_client(self, config: ConfigRecord, key: int) -> None:
         """Simulation: tell the node which client it plays for this message (and, on a pool
-        of nodes, the virtual node id the client binds its update to)."""
+        of nodes, the virtual node id the client binds its update to). Deployed nodes name
+        themselves: nothing is added."""
+        if self.virtual is None:
+            return
         config[CLIENT_KEY] = key
-        if self.virtual is not None and self.virtual.pooled:
+        if self.virtual.pooled:
             config[BINDING_NODE_KEY] = self.virtual.node_for(key)
 
     def assign(self, messages: list[Message]) -> None:
@@ -123,6 +130,7 @@ def meet(
         if clients.roster
         else "nodes introduce themselves with their first reply"
     )
+    _await_connections(grid, cfg.strategy.min_available_nodes)
     return Peers(
         grid=DeployedGrid(grid, clients.key_of_node, clients.see),
         client_ids=clients.client_ids,
@@ -132,6 +140,14 @@ def meet(
         learn=clients.learn,
         deployed=clients,
     )
+
+
+def _await_connections(grid: Grid, wanted: int) -> None:
+    """Deployment: wait, sending nothing, until ``wanted`` nodes are connected (what a
+    strategy's sampling waits for too; FedBuff and federated evaluation start from them)."""
+    while (connected := len(list(grid.get_node_ids()))) < wanted:
+        log.info("waiting for nodes: %d connected, %d needed", connected, wanted)
+        time.sleep(1.0)
 
 
 def _virtual(
