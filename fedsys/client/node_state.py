@@ -68,12 +68,6 @@ def _stem(root: Path, run_id: int, client_id: str) -> Path:
     return root / str(run_id) / _SAFE.sub("_", client_id)
 
 
-def client_file(root: Path, run_id: int, client_id: str, suffix: str) -> Path:
-    """``<root>/<run id>/<client id>.<suffix>``: a client's own file for one run."""
-    stem = _stem(root, run_id, client_id)
-    return stem.with_name(f"{stem.name}.{suffix}")
-
-
 def _slot_file(stem: Path, slot: str) -> Path:
     return stem.with_name(f"{stem.name}.{slot}.residual")
 
