@@ -10,7 +10,7 @@ engine. ``fedsys simulate`` (Flower's engine) remains the way to run an experime
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 from uuid import uuid4
@@ -112,9 +112,13 @@ def run_in_process(
     resume: bool = False,
     node_ids: list[int] | None = None,
     simulation: bool = False,
+    roster: Mapping[int, str] | None = None,
 ) -> RunSummary:
     """One whole federation over an :class:`InProcessGrid`, reporting nothing: the real
-    ServerApp loop and ClientApp, for tests and benchmarks that run many of them."""
+    ServerApp loop and ClientApp, for tests and benchmarks that run many of them.
+
+    Without ``simulation`` the server treats the nodes as deployed ones (``roster``: node id
+    -> client id, as ``fedsys server`` records them; in-process nodes are ``sim-<i>``)."""
     # imported here: the ClientApp and the round loop pull in every task, which a caller that
     # only wants the grid (with its own ClientApp) does not need
     from fedsys.app import client_app
@@ -126,5 +130,5 @@ def run_in_process(
     nodes = simulated_nodes(cfg) if simulation else cfg.data.num_partitions
     grid = InProcessGrid(client_app, nodes, node_ids=node_ids)
     return run_federation(
-        grid, cfg, out_dir, SilentReporter(), resume=resume, simulation=simulation
+        grid, cfg, out_dir, SilentReporter(), resume=resume, simulation=simulation, roster=roster
     )

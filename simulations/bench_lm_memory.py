@@ -16,6 +16,8 @@ memory is set by the base and one training step, not by the number of steps.
 Usage::
 
     python simulations/bench_lm_memory.py --clients 10 --workers 2
+    python simulations/bench_lm_memory.py --set lm.gradient_checkpointing=true \
+        --out simulations/results/bench_lm_memory_checkpointing.json
 """
 
 from __future__ import annotations
@@ -80,7 +82,9 @@ def import_floor_mib() -> float:
     return int(line.split()[1]) / 1024
 
 
-def run(clients: int, workers: int, rounds: int, steps: int, timeout: float) -> dict[str, Any]:
+def run(
+    clients: int, workers: int, rounds: int, steps: int, timeout: float, extra: list[str]
+) -> dict[str, Any]:
     sets = [
         "lm.base=null",
         "lm.size=lm_base",
@@ -96,6 +100,7 @@ def run(clients: int, workers: int, rounds: int, steps: int, timeout: float) -> 
         "runtime.progress=false",
         "publish.mode=never",
         "serve.enabled=false",
+        *extra,
     ]
     with tempfile.TemporaryDirectory() as tmp:
         args = ["simulate", "--config", str(CONFIG.relative_to(ROOT))]
@@ -148,6 +153,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=1200.0)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        help="an extra experiment override, e.g. lm.gradient_checkpointing=true (repeatable)",
+    )
     args = parser.parse_args()
     from fedsys.tasks.lm.models import build_named
 
@@ -164,7 +176,8 @@ def main() -> int:
         "base_fp32_mib": base_mib,
         "import_floor_mib": import_floor_mib(),
     }
-    result = run(args.clients, args.workers, args.rounds, args.steps, args.timeout)
+    report["overrides"] = args.sets
+    result = run(args.clients, args.workers, args.rounds, args.steps, args.timeout, args.sets)
     report["run"] = result
     report["load_after"] = os.getloadavg()
     peaks = [mib for mib, _ in result["worker_peaks_mib"]]

@@ -27,6 +27,8 @@ import numpy as np
 import pytest
 import yaml
 
+from fedsys.node_roster import load_roster
+
 pytestmark = pytest.mark.deployment
 
 FEDSYS = [sys.executable, "-m", "fedsys.cli"]
@@ -237,6 +239,15 @@ def test_deployed_federation(tmp_path: Path, procs: Procs) -> None:
         deadline,
         procs,
     )
+    # The node ids the SuperLink gave the keys are written down: the ServerApp knows who
+    # each node is without asking any of them.
+    registered = {
+        e["client_id"]: int(e["node_id"])
+        for e in events(server_out)
+        if e["event"] == "node_registered"
+    }
+    assert set(registered) == set("abc")
+    assert load_roster(tmp_path / "state/server/roster.json").nodes == registered
     clients = {cid: client(cid, i) for i, cid in enumerate("abc")}
     rogue, rogue_out = client("rogue", 0)
 

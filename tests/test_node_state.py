@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import sys
@@ -118,3 +119,28 @@ def test_residual_budget_evicts_the_least_recently_written(tmp_path: Path) -> No
     assert load_residual(tmp_path, 1, "a").arrays == {}  # evicted for "c"
     np.testing.assert_array_equal(load_residual(tmp_path, 1, "c").arrays["w"], one.arrays["w"])
     np.testing.assert_array_equal(load_residual(tmp_path, 1, "b").arrays["w"], one.arrays["w"])
+
+
+def test_residual_budget_scans_the_directory_only_when_the_bound_shows_no_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Far from the budget a save costs the same whatever the clients stored (no scan); the
+    run's bound stays the exact bytes on disk; over it, the scan evicts as before."""
+    from fedsys.client import node_state
+    from fedsys.client.residual_usage import USAGE_FILE
+
+    scans = []
+    real = node_state._stored
+    monkeypatch.setattr(node_state, "_stored", lambda d: scans.append(d) or real(d))
+    one = Residual.from_arrays({"w": np.ones(256, dtype=np.float32)})
+    for i in range(12):
+        save_residual(tmp_path, 1, f"c{i}", one, max_bytes=1 << 20)
+        save_residual(tmp_path, 1, f"c{i}", one, max_bytes=1 << 20)  # both slots now
+        os.utime(tmp_path / "1" / f"c{i}.slot", (1000 + i, 1000 + i))  # order of use
+    assert len(scans) == 1  # the first save, before the run had a bound
+    run = tmp_path / "1"
+    on_disk = sum(p.stat().st_size for p in run.glob("*.residual"))
+    assert int((run / USAGE_FILE).read_text()) == on_disk
+    save_residual(tmp_path, 1, "big", one, max_bytes=on_disk)  # no room: scan and evict
+    assert len(scans) == 2
+    assert load_residual(tmp_path, 1, "c0").arrays == {}  # the least recently written went

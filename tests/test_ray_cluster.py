@@ -1,5 +1,7 @@
 """``fedsys simulate`` on an existing Ray cluster (``runtime.ray_address``): a two-node cluster
-on loopback, started and stopped by this test, ends with the same model as a local run."""
+on loopback, started and stopped by this test, ends with the same model as a local run.
+
+Part of the default test run; skipped, with the reason, where Ray cannot start two nodes."""
 
 from __future__ import annotations
 
@@ -94,7 +96,6 @@ def _wait_ready(ray: str, address: str, env: dict[str, str], nodes: int) -> bool
     return False
 
 
-@pytest.mark.slow
 def test_two_node_ray_cluster_gives_the_local_model(tiny_run: Run, tmp_path: Path) -> None:
     with two_node_cluster() as address:
         out = tmp_path / "on-cluster"

@@ -32,7 +32,6 @@ from fedsys.errors import FedsysError
 from fedsys.memory import keep_freed_memory
 from fedsys.protocol import (
     AGGREGATOR_KEY,
-    CLIENT_KEY,
     CONFIG_KEY,
     GLOBAL_KEY,
     HELLO_KEY,
@@ -195,8 +194,8 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     content = RecordDict({"update": record, "metrics": metrics})
-    if CLIENT_KEY in config:  # simulation: introduce this client with its reply
-        content[INTRO_RECORD] = _introduction(msg, context, config)
+    # the server learns who a node is from its replies, never by asking every node
+    content[INTRO_RECORD] = _introduction(msg, context, config)
     return Message(content=content, reply_to=msg)
 
 
@@ -270,6 +269,7 @@ def _introduction(msg: Message, context: Context, config: ConfigRecord | None) -
 
 @app.query()
 def describe(msg: Message, context: Context) -> Message:
-    """Introduce this node (the deployed start-up hello)."""
+    """Introduce this node (answers a start-up query; the server now learns the same from
+    every train reply)."""
     record = _introduction(msg, context, msg.content.config_records.get("config"))
     return Message(content=RecordDict({INTRO_RECORD: record}), reply_to=msg)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fedsys.client.mapped_safetensors import map_arrays, overwrite_arrays
+from fedsys.client.residual_usage import locked_bound
 from fedsys.client.state_budget import StoredState, to_evict
 from fedsys.codec import Residual
 from fedsys.data.cache import resolve_cache_dir
@@ -67,12 +68,6 @@ def _stem(root: Path, run_id: int, client_id: str) -> Path:
     return root / str(run_id) / _SAFE.sub("_", client_id)
 
 
-def client_file(root: Path, run_id: int, client_id: str, suffix: str) -> Path:
-    """``<root>/<run id>/<client id>.<suffix>``: a client's own file for one run."""
-    stem = _stem(root, run_id, client_id)
-    return stem.with_name(f"{stem.name}.{suffix}")
-
-
 def _slot_file(stem: Path, slot: str) -> Path:
     return stem.with_name(f"{stem.name}.{slot}.residual")
 
@@ -106,11 +101,10 @@ def save_residual(
     first until this one fits (``fedsys.client.state_budget``: they restart from zero)."""
     stem = _stem(root, run_id, client_id)
     stem.parent.mkdir(parents=True, exist_ok=True)
+    before = _own_bytes(stem) if max_bytes is not None else 0
     if max_bytes is not None:
         nbytes = 2 * sum(a.nbytes for a in residual.arrays.values())  # both slots
-        incoming = StoredState(stem.name, nbytes, time.time())
-        for name in to_evict(_stored(stem.parent), incoming, max_bytes):
-            _remove(stem.parent / name)
+        _make_room(stem, StoredState(stem.name, nbytes, time.time()), before, max_bytes)
     target = "b" if _current_slot(stem) == "a" else "a"
     path = _slot_file(stem, target)
     arrays = {name: np.require(a, requirements="C") for name, a in residual.arrays.items()}
@@ -122,6 +116,37 @@ def save_residual(
     tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}.tmp")
     tmp.write_text(target)
     os.replace(tmp, pointer)
+    if max_bytes is not None:
+        with locked_bound(stem.parent) as bound:
+            if bound.bytes is not None:
+                bound.set(bound.bytes + _own_bytes(stem) - before)
+
+
+def _make_room(stem: Path, incoming: StoredState, own_bytes: int, max_bytes: int) -> None:
+    """Evict the least recently written other clients until ``incoming`` fits.
+
+    The run's usage bound (``fedsys.client.residual_usage``) answers without a scan when it
+    shows room; otherwise the directory is scanned (exact sizes), evicted from as needed, and
+    the bound reset to what is left."""
+    with locked_bound(stem.parent) as bound:
+        if bound.bytes is not None and bound.bytes - own_bytes + incoming.nbytes <= max_bytes:
+            return
+        stored = _stored(stem.parent)
+        evicted = set(to_evict(stored, incoming, max_bytes))
+        for name in evicted:
+            _remove(stem.parent / name)
+        bound.set(sum(s.nbytes for s in stored if s.client not in evicted))
+
+
+def _own_bytes(stem: Path) -> int:
+    """What one client's residual slots take on disk now."""
+    total = 0
+    for slot in SLOTS:
+        try:
+            total += _slot_file(stem, slot).stat().st_size
+        except OSError:
+            continue
+    return total
 
 
 def _stored(run_dir: Path) -> list[StoredState]:

@@ -57,8 +57,9 @@ def signing_key(context: Context, pooled_client: tuple[Path, str] | None = None)
 
     In simulation every run makes fresh keys; a deployed node names its key file in the node
     config (``signing-key``, made by ``fedsys keys client``; refused unless 0600). A client of
-    a pooled simulation (``pooled_client`` = node-state directory, client id) keeps its own
-    key there, since its next message may run on another node (``fedsys.client.pooled``).
+    a pooled simulation (``pooled_client`` = node-state directory, client id) derives its own
+    key from the run's secret there, since its next message may run on another node
+    (``fedsys.client.pooled``).
     """
     key_file = NodeConfig.parse(context.node_config).signing_key
     if key_file is not None:

@@ -27,6 +27,7 @@ from fedsys.deploy.settings import ServerSettings
 from fedsys.deploy.supervise import Child, Supervisor, emit
 from fedsys.deploy.toml_text import toml_value
 from fedsys.errors import ConfigError, FedsysError
+from fedsys.node_roster import ROSTER_FILE, client_id_of_node_key, record_node
 from fedsys.processes import child_env, find_executable
 
 COMPONENT = "server"
@@ -69,6 +70,11 @@ def experiment_overrides(settings: ServerSettings) -> list[str]:
     return [*settings.overrides, *extra]
 
 
+def roster_path(settings: ServerSettings) -> Path:
+    """Where the registered nodes' ids are kept: beside the SuperLink database that made them."""
+    return settings.state_dir / ROSTER_FILE
+
+
 def write_project(settings: ServerSettings, *, resume: bool) -> Path:
     """A minimal Flower App project whose components are the installed fedsys apps.
 
@@ -83,6 +89,7 @@ def write_project(settings: ServerSettings, *, resume: bool) -> Path:
         "out-dir": str(settings.out_dir),
         "update-key": str(settings.update_key) if settings.update_key else "",
         "allow-list": str(settings.allow_list) if settings.allow_list else "",
+        "roster": str(roster_path(settings)) if settings.node_auth else "",
         "resume": resume,
     }
     text = "\n".join(
@@ -192,16 +199,32 @@ def wait_reachable(address: str, timeout: float, alive: Callable[[], bool] = lam
             time.sleep(0.3)
 
 
-def register_nodes(cli: FlwrCli, keys: list[Path]) -> None:
-    """Register each SuperNode public key; a key registered before is left as it is."""
+def register_nodes(cli: FlwrCli, keys: list[Path], roster: Path | None = None) -> None:
+    """Register each SuperNode public key; a key registered before is left as it is.
+
+    The node id the SuperLink answers with is the one that key's node will always have, so
+    it goes into ``roster`` under the key's client id (its ``fedsys-<id>`` comment or its
+    ``clients/<id>/`` folder): the ServerApp then knows who each node is without asking.
+    """
     for key in keys:
         try:
             data = cli("supernode", "register", str(key), CONNECTION)
-            emit(COMPONENT, "node_registered", key=str(key), node_id=data.get("node-id"))
         except DeployError as exc:
             if "already in use" not in str(exc):
                 raise
             emit(COMPONENT, "node_already_registered", key=str(key))
+            continue
+        node_id, client = _node_id(data.get("node-id")), client_id_of_node_key(key)
+        emit(COMPONENT, "node_registered", key=str(key), node_id=node_id, client_id=client)
+        if roster is not None and node_id is not None and client is not None:
+            record_node(roster, client, node_id)
+
+
+def _node_id(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
 
 
 def online_nodes(cli: FlwrCli) -> int:
@@ -302,7 +325,7 @@ class RunFollower:
         # nodes is the one that counts, so the restart goes straight to the new run.
         restart = self.lost_run is not None
         if self.settings.node_auth and not restart:
-            register_nodes(self.cli, self.settings.node_keys)
+            register_nodes(self.cli, self.settings.node_keys, roster_path(self.settings))
         if self.settings.wait_for_nodes and not restart:
             self._wait_for_nodes(self.settings.wait_for_nodes)
         project = write_project(self.settings, resume=self.resume)

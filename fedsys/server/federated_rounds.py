@@ -15,7 +15,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from fedsys.population import Availability, sample_keys
-from fedsys.protocol import CLIENT_KEY, CONFIG_KEY, SEED_KEY, record_number
+from fedsys.protocol import CONFIG_KEY, SEED_KEY, record_number
 from fedsys.server.exchange import exchange
 from fedsys.server.federated_eval import ClientEval, FederatedEval, summarize
 from fedsys.server.federation import Federation
@@ -64,9 +64,8 @@ def _evaluate(fed: Federation, peers: Peers, rnd: int) -> FederatedEval | None:
     config_json, seed = fed.cfg.to_json(), fed.cfg.runtime.seed
     messages = []
     for key in evaluation_sample(fed, peers, rnd):
-        config = ConfigRecord(
-            {CONFIG_KEY: config_json, SEED_KEY: seed, "server-round": rnd, CLIENT_KEY: key}
-        )
+        config = ConfigRecord({CONFIG_KEY: config_json, SEED_KEY: seed, "server-round": rnd})
+        peers.name_client(config, key)
         messages.append(
             Message(
                 content=RecordDict({"arrays": arrays, "config": config}),

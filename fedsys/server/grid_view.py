@@ -7,7 +7,7 @@ ids by a stable label (the node's partition id) and delegates everything else un
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
@@ -78,3 +78,24 @@ class KeyGrid(StableOrderGrid):
         if self.visible is None:
             return range(self.population)
         return sorted(k for k in self.visible if 0 <= k < self.population)
+
+
+class DeployedGrid(StableOrderGrid):
+    """Deployment: node ids as Flower lists them, each first shown to ``see`` (which gives a
+    newly connected node its stable key), sorted by those keys.
+
+    ``key_of_node`` is the live mapping ``see`` fills; ``visible`` holds node ids."""
+
+    def __init__(
+        self, inner: Grid, key_of_node: dict[int, int], see: Callable[[Iterable[int]], None]
+    ) -> None:
+        super().__init__(inner, {})
+        self._labels = key_of_node
+        self._see = see
+
+    def get_node_ids(self) -> Iterable[int]:
+        nodes = list(self._inner.get_node_ids())
+        self._see(nodes)
+        if self.visible is not None:
+            nodes = [n for n in nodes if n in self.visible]
+        return sorted(nodes, key=self.order_key)

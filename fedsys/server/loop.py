@@ -9,6 +9,7 @@ atomic checkpoints, resume, publishing and the run's outputs.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
@@ -38,17 +39,19 @@ def run_federation(
     resume: bool,
     deployed_keys: AggregatorKeys | None = None,
     simulation: bool = False,
+    roster: Mapping[int, str] | None = None,
 ) -> RunSummary:
     """Run (or, with ``resume``, continue) the experiment over ``grid``.
 
     ``deployed_keys``: the aggregator's key and allow-list loaded from files (deployment).
     ``simulation``: the nodes are virtual; the server assigns each its client (stable key)
     instead of asking every node who it is (``fedsys.server.identities``).
+    ``roster``: deployed nodes' client ids by node id, known from their key registration.
     """
     fed = prepare_federation(grid, cfg, out_dir, reporter, deployed_keys)
     if resume:
         resume_federation(fed)
-    return train(fed, simulation=simulation)
+    return train(fed, simulation=simulation, roster=roster)
 
 
 def task_summary(fed: Federation) -> dict[str, object]:
@@ -62,14 +65,22 @@ def task_summary(fed: Federation) -> dict[str, object]:
     return extra
 
 
-def train(fed: Federation, *, simulation: bool = False) -> RunSummary:
+def train(
+    fed: Federation, *, simulation: bool = False, roster: Mapping[int, str] | None = None
+) -> RunSummary:
     """Every round left (or, with ``fedbuff.enabled``, every server version), then the final
     model, curves and summary."""
     cfg, state = fed.cfg, fed.state
     state.started = time.perf_counter()
     begin_outputs(fed.paths, cfg, fresh=state.resumed_from is None and state.round == 0)
     peers = meet(
-        fed.grid, cfg, fed.reporter, fed.exchange_key, fed.deployed_keys, simulation=simulation
+        fed.grid,
+        cfg,
+        fed.reporter,
+        fed.exchange_key,
+        fed.deployed_keys,
+        simulation=simulation,
+        roster=roster,
     )
     fed.reporter.start(cfg.train.rounds, state.round)
     overlap: Overlap[Aggregated] = Overlap(

@@ -1,14 +1,18 @@
 """The nodes of a run: who each one is, and the keys their updates are checked with.
 
-Simulation learns nothing by asking: strategies sample stable client keys (data partitions),
-a sampled key gets a node on first need (``fedsys.server.identities``), and a client's
-signing key arrives with its first reply. Deployment keeps the start-up hello, with the
-allow-list from files.
+Nothing is learned by asking every node. Simulation: strategies sample stable client keys
+(data partitions), a sampled key gets a node on first need (``fedsys.server.identities``), and
+a client's signing key arrives with its first reply. Deployment: strategies sample the
+connected nodes in the order of stable keys (the node roster's client ids first), and a node
+introduces itself with its first reply (``fedsys.server.deployed_identities``); signing keys
+come from the allow-list files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -18,11 +22,13 @@ from flwr.serverapp import Grid
 from fedsys.config import ExperimentConfig
 from fedsys.crypto import AggregatorKeys
 from fedsys.protocol import BINDING_NODE_KEY, CLIENT_KEY
-from fedsys.server.grid_view import KeyGrid, StableOrderGrid
-from fedsys.server.hello import allow_list, hello
+from fedsys.server.deployed_identities import DeployedClients
+from fedsys.server.grid_view import DeployedGrid, KeyGrid, StableOrderGrid
 from fedsys.server.identities import VirtualClients
 from fedsys.server.node_pool import PooledKeyGrid, simulated_nodes
 from fedsys.server.progress import Reporter
+
+log = logging.getLogger("fedsys")
 
 
 def _ignore(_reply: Message) -> None:
@@ -41,17 +47,22 @@ class Peers:
     # What a reply teaches about its sender before it is checked (simulation: its key).
     learn: Callable[[Message], None] = _ignore
     virtual: VirtualClients | None = None  # simulation: keys get nodes on first need
+    deployed: DeployedClients | None = None  # deployment: nodes introduce themselves
 
     def all_keys(self) -> list[int]:
-        """Every client's stable key (simulation: 0..N-1, whether its node exists yet)."""
+        """Every client's stable key (simulation: 0..N-1, whether its node exists yet;
+        deployment: the connected nodes' keys)."""
         if self.virtual is not None:
             return list(range(self.virtual.population))
-        return sorted(self.key_of_node.values())
+        connected = self.grid.get_node_ids()  # a newly connected node gets its key here
+        return sorted(self.key_of_node[n] for n in connected if n in self.key_of_node)
 
     def node_for(self, key: int) -> int:
         """The node that plays client ``key``."""
         if self.virtual is not None:
             return self.virtual.node_for(key)
+        if self.deployed is not None:
+            return self.deployed.node_for(key)
         for node, k in self.key_of_node.items():
             if k == key:
                 return node
@@ -66,9 +77,12 @@ class Peers:
 
     def name_client(self, config: ConfigRecord, key: int) -> None:
         """Simulation: tell the node which client it plays for this message (and, on a pool
-        of nodes, the virtual node id the client binds its update to)."""
+        of nodes, the virtual node id the client binds its update to). Deployed nodes name
+        themselves: nothing is added."""
+        if self.virtual is None:
+            return
         config[CLIENT_KEY] = key
-        if self.virtual is not None and self.virtual.pooled:
+        if self.virtual.pooled:
             config[BINDING_NODE_KEY] = self.virtual.node_for(key)
 
     def assign(self, messages: list[Message]) -> None:
@@ -99,31 +113,41 @@ def meet(
     deployed_keys: AggregatorKeys | None,
     *,
     simulation: bool = False,
+    roster: Mapping[int, str] | None = None,
 ) -> Peers:
-    """Simulation: assign stable keys to the registered nodes (no message); deployed: wait
-    for the nodes' hellos, with the allow-list from files, not hellos."""
+    """Who the nodes are, without a message: simulation assigns stable keys to virtual
+    clients; deployment labels the nodes the roster names (``roster``: node id -> client id)
+    and learns the others from their first replies, with the allow-list from files."""
     if simulation and deployed_keys is None:
         return _virtual(grid, cfg, reporter, exchange_key)
+    clients = DeployedClients(
+        roster=dict(roster or {}),
+        files_allow_list=deployed_keys.allow_list if deployed_keys else None,
+    )
     reporter.stage(
-        f"waiting for the nodes to start and introduce themselves "
-        f"({cfg.data.num_partitions} expected)"
+        f"{len(clients.roster)} registered nodes named by the roster; "
+        "nodes introduce themselves with their first reply"
+        if clients.roster
+        else "nodes introduce themselves with their first reply"
     )
-    hellos = hello(grid, cfg)
-    reporter.stage(f"{len(hellos)} nodes ready")
-    keys = None
-    if exchange_key is not None:
-        trusted = deployed_keys.allow_list if deployed_keys else allow_list(hellos)
-        keys = AggregatorKeys(exchange_key, trusted)
-    labels = {n: h.partition_id for n, h in hellos.items()}
+    _await_connections(grid, cfg.strategy.min_available_nodes)
     return Peers(
-        grid=StableOrderGrid(grid, labels),
-        client_ids={n: h.client_id for n, h in hellos.items()},
-        declared_examples={
-            n: h.num_examples for n, h in hellos.items() if h.num_examples is not None
-        },
-        keys=keys,
-        key_of_node=labels,
+        grid=DeployedGrid(grid, clients.key_of_node, clients.see),
+        client_ids=clients.client_ids,
+        declared_examples=clients.declared_examples,
+        keys=AggregatorKeys(exchange_key, clients.allow_list) if exchange_key else None,
+        key_of_node=clients.key_of_node,
+        learn=clients.learn,
+        deployed=clients,
     )
+
+
+def _await_connections(grid: Grid, wanted: int) -> None:
+    """Deployment: wait, sending nothing, until ``wanted`` nodes are connected (what a
+    strategy's sampling waits for too; FedBuff and federated evaluation start from them)."""
+    while (connected := len(list(grid.get_node_ids()))) < wanted:
+        log.info("waiting for nodes: %d connected, %d needed", connected, wanted)
+        time.sleep(1.0)
 
 
 def _virtual(

@@ -14,6 +14,7 @@ from fedsys.client.node_state import drop_run, state_root
 from fedsys.config import ExperimentConfig, load_config
 from fedsys.crypto import AggregatorKeys, load_allow_list, read_exchange_key
 from fedsys.memory import keep_freed_memory
+from fedsys.node_roster import load_roster
 from fedsys.server.loop import run_federation
 from fedsys.server.outlock import exclusive_output_dir
 from fedsys.server.progress import LogReporter, Reporter, RichReporter
@@ -30,11 +31,17 @@ class Launch:
     # Deployed (`fedsys server`): the aggregator's X25519 key and the allow-list, from files.
     update_key: Path | None = None
     allow_list: Path | None = None
+    # Deployed: node id -> client id, written by `fedsys server` as it registers node keys.
+    roster: Path | None = None
 
     def deployed_keys(self) -> AggregatorKeys | None:
         if self.update_key is None or self.allow_list is None:
             return None
         return AggregatorKeys(read_exchange_key(self.update_key), load_allow_list(self.allow_list))
+
+    def node_roster(self) -> dict[int, str]:
+        """Registered nodes' client ids (empty without a roster file)."""
+        return load_roster(self.roster).by_node() if self.roster is not None else {}
 
 
 def launch_from_run_config(run_config: dict[str, object]) -> Launch:
@@ -46,12 +53,14 @@ def launch_from_run_config(run_config: dict[str, object]) -> Launch:
     cfg = load_config(Path(config_file) if config_file else None, overrides)
     update_key = str(run_config.get("update-key", "") or "")
     allow_list = str(run_config.get("allow-list", "") or "")
+    roster = str(run_config.get("roster", "") or "")
     return Launch(
         cfg=cfg,
         out_dir=Path(str(run_config.get("out-dir", "runs/flwr-run"))),
         resume=bool(run_config.get("resume", False)),
         update_key=Path(update_key) if update_key else None,
         allow_list=Path(allow_list) if allow_list else None,
+        roster=Path(roster) if roster else None,
     )
 
 
@@ -79,6 +88,7 @@ def make_server_app(launch: Launch | None = None) -> ServerApp:
                     _reporter(chosen.cfg),
                     resume=chosen.resume,
                     deployed_keys=chosen.deployed_keys(),
+                    roster=chosen.node_roster(),
                     simulation=chosen.simulation,
                 )
         finally:
