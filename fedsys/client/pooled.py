@@ -22,6 +22,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
@@ -53,7 +54,13 @@ def pooled(config: Mapping[str, object] | None) -> bool:
 
 def client_signing_key(state_dir: Path, run_id: int, client_id: str) -> bytes:
     """The client's Ed25519 key (PEM) for this run: the same on every node of the pool."""
-    secret = run_secret(Path(state_dir) / str(run_id))
+    return _derived_key(run_secret(Path(state_dir) / str(run_id)), client_id)
+
+
+@lru_cache(maxsize=4096)
+def _derived_key(secret: bytes, client_id: str) -> bytes:
+    """HKDF-SHA256(secret, label + client id) as an Ed25519 key, PEM; memoised, since a
+    client's every message signs with it and asks for it twice (update and introduction)."""
     seed = HKDF(
         algorithm=hashes.SHA256(),
         length=32,
