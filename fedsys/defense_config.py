@@ -62,7 +62,7 @@ class DefenseConfig(Section):
         ge=1,
         le=1 << 53,
         description="Largest aggregation weight (num-examples) one update may claim; a node "
-        "that declared its training-set size at start-up may claim no more than that.",
+        "that declared its training-set size (with its first update) may claim no more than that.",
     )
 
 

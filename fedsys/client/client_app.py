@@ -256,7 +256,7 @@ def _declared_examples(msg: Message, context: Context) -> int | None:
         pid = partition_id(context, config)
         return _local_data(config_json, context, pid).num_examples
     except (FedsysError, OSError, ValueError):
-        return None  # the train handler reports the data problem; the hello still answers
+        return None  # the train handler reports the data problem; the introduction still goes
 
 
 def _introduction(msg: Message, context: Context, config: ConfigRecord | None) -> ConfigRecord:

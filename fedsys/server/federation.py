@@ -45,7 +45,7 @@ class Federation:
     evaluator: Evaluator
     policy: UpdatePolicy  # what the server accepts from a client
     # Update encryption: a fresh aggregator key per run, or (deployed) the key and the
-    # allow-list from files, so hellos never decide whom the server trusts.
+    # allow-list from files, so introductions never decide whom the server trusts.
     exchange_key: X25519PrivateKey | None
     deployed_keys: AggregatorKeys | None
     checkpointer: Checkpointer

@@ -11,8 +11,8 @@ beyond the first sample. The sampled clients' signing keys arrive with their rep
 assigned, never for one the node claims; so with encryption on no honest update is refused
 for a key the server has not yet seen.
 
-Deployment keeps the start-up hello (``fedsys.server.hello``): nodes name themselves, and the
-allow-list comes from files.
+Deployed nodes name themselves, with their first reply too (``fedsys.server.deployed_identities``),
+and the allow-list comes from files.
 """
 
 from __future__ import annotations
