@@ -41,15 +41,9 @@ from fedsys.errors import ConfigError, VersionConflict
 from fedsys.registry.audit import AuditLog
 from fedsys.registry.int8_copy import compare_int8, int8_to_bytes, quantize_int8
 from fedsys.registry.lm_base import store_base
-from fedsys.registry.store import (
-    INT8_FILE,
-    MANIFEST_FILE,
-    SIGNATURE_FILE,
-    VERSIONS_DIR,
-    WEIGHTS_FILE,
-    Registry,
-    build_module,
-)
+from fedsys.registry.store import VERSIONS_DIR, Registry, build_module
+from fedsys.registry.upload import SendOutcome, send_version
+from fedsys.registry.upload import Upload as _Upload
 from fedsys.registry.version_manifest import LanguageModelVersion, Lineage, check_name
 
 if TYPE_CHECKING:
@@ -59,7 +53,6 @@ log = logging.getLogger("fedsys")
 
 PUBLISHER_PRIVATE_KEY = "publisher.key"  # in the run's output dir when publish.signing_key is unset
 AUDIT_FILE = "audit.jsonl"
-RETRY_STATUS = frozenset({408, 425, 429})
 GATE_TIMEOUT = 3600.0  # seconds a publish waits for its round's checkpoint
 
 
@@ -81,12 +74,6 @@ class _Job:
     arrays: dict[str, np.ndarray]
     metrics: dict[str, float]
     lineage: Lineage
-
-
-@dataclass(frozen=True)
-class _Upload:
-    version: int
-    round: int
 
 
 def _signing_key(cfg: ExperimentConfig, out_dir: Path) -> Ed25519PrivateKey:
@@ -442,58 +429,9 @@ class Publisher:
         """One version with retries and exponential backoff. False: keep it pending."""
         assert self._client is not None and self.pub.endpoint is not None
         vdir = self.registry.root / self.name / VERSIONS_DIR / str(item.version)
-        parts = [
-            ("manifest", MANIFEST_FILE, "application/json"),
-            ("signature", SIGNATURE_FILE, "application/octet-stream"),
-            ("weights", WEIGHTS_FILE, "application/octet-stream"),
-        ]
-        if (vdir / INT8_FILE).exists():
-            parts.append(("int8_weights", INT8_FILE, "application/octet-stream"))
-        try:
-            files = {part: (fn, (vdir / fn).read_bytes(), ctype) for part, fn, ctype in parts}
-        except OSError as exc:
-            log.warning(
-                "round %d: cannot send %s v%d, its files are unreadable (%s); not retrying",
-                item.round,
-                self.name,
-                item.version,
-                exc,
-            )
-            return True
-        url = f"{self.pub.endpoint.rstrip('/')}/v1/models/{self.name}/versions"
-        headers = {"Authorization": f"Bearer {self._token}"}
-        reason = ""
-        for attempt in range(self.pub.retries + 1):
-            if attempt:
-                self._sleep(self.pub.backoff_seconds * 2 ** (attempt - 1))
-            try:
-                resp = self._client.post(url, headers=headers, files=files)
-            except httpx.HTTPError as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-                continue
-            if resp.is_success:
-                self.last_uploaded = item.version
-                log.info("round %d: %s v%d sent to %s", item.round, self.name, item.version, url)
-                return True
-            reason = f"HTTP {resp.status_code}: {resp.text[:200]}"
-            if resp.status_code == 409:
-                log.warning(
-                    "round %d: %s refused %s v%d as a conflict (%s); not retrying",
-                    item.round,
-                    self.pub.endpoint,
-                    self.name,
-                    item.version,
-                    reason,
-                )
-                return True
-            if resp.status_code < 500 and resp.status_code not in RETRY_STATUS:
-                break  # the same request would get the same answer now
-        log.warning(
-            "round %d: remote publish of %s v%d to %s failed (%s); retrying at the next round",
-            item.round,
-            self.name,
-            item.version,
-            self.pub.endpoint,
-            reason,
+        sent = send_version(
+            self._client, self.pub, self._token, vdir, self.name, item, sleep=self._sleep
         )
-        return False
+        if sent is SendOutcome.SENT:
+            self.last_uploaded = item.version
+        return sent is not SendOutcome.RETRY
