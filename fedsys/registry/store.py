@@ -23,28 +23,24 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import ValidationError
-from safetensors import SafetensorError
 from safetensors.numpy import save as np_save
-from safetensors.torch import load as torch_load
 from torch import nn
 
-from fedsys.config import ModelConfig
-from fedsys.data.types import DatasetInfo
-from fedsys.errors import ArtifactRejected, FedsysError, UnknownArtifact, VersionConflict
+from fedsys.errors import ArtifactRejected, UnknownArtifact, VersionConflict
 from fedsys.fsio import atomic_write_bytes, fsync_dir, write_synced
-from fedsys.models import build_model
 from fedsys.registry.audit import AuditLog
 from fedsys.registry.int8_copy import int8_from_bytes, int8_to_bytes, quantize_int8
+from fedsys.registry.modules import build_module as build_module  # re-exported
+from fedsys.registry.modules import manifest_module as manifest_module  # re-exported
+from fedsys.registry.modules import with_weights
 from fedsys.registry.signatures import sign_manifest, verify_manifest
 from fedsys.registry.version_manifest import (
     LanguageModelVersion,
@@ -86,42 +82,6 @@ class _Verified:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def build_module(model: dict[str, Any], input_shape: Sequence[int], num_classes: int) -> nn.Module:
-    """An uninitialised module (load weights into it) from a manifest's architecture fields.
-
-    Built on the meta device and then given empty CPU storage: no time spent on random
-    initialisation that the weights overwrite, and torch's global RNG is left alone, so
-    publishing on a background thread cannot change what the main thread draws.
-    """
-    if model.get("task") == "language_model":
-        raise ArtifactRejected(
-            "a language model is rebuilt from its base directory (the manifest's "
-            "language_model), not from manifest.model"
-        )
-    try:
-        cfg = ModelConfig.model_validate(model)
-        with torch.device("meta"):
-            module = build_model(cfg, DatasetInfo(tuple(input_shape), num_classes))
-        return module.to_empty(device="cpu")
-    except (ValidationError, FedsysError) as exc:
-        raise ArtifactRejected(
-            f"manifest.model does not describe a buildable model: {exc}"
-        ) from None
-
-
-def manifest_module(manifest: ModelManifest) -> nn.Module:
-    return build_module(manifest.model, manifest.input_shape, manifest.num_classes)
-
-
-def _with_weights(module: nn.Module, weights: bytes) -> nn.Module:
-    """``module`` with the safetensors ``weights`` loaded strictly, in eval mode."""
-    try:
-        module.load_state_dict(dict(torch_load(weights)), strict=True)
-    except (SafetensorError, RuntimeError, ValueError) as exc:
-        raise ArtifactRejected(f"weights do not fit the manifest's model: {exc}") from None
-    return module.eval()
 
 
 class Registry:
@@ -236,7 +196,7 @@ class Registry:
         blob = bytes(np_save({k: np.ascontiguousarray(v) for k, v in weights.items()}))
         if language_model is None:
             # The weights must load into the described model, or the version could never serve.
-            fp32 = _with_weights(build_module(model, input_shape, num_classes), blob)
+            fp32 = with_weights(build_module(model, input_shape, num_classes), blob)
             if int8_copy and int8_weights is None:
                 int8_weights = int8_to_bytes(quantize_int8(fp32))
         manifest = ModelManifest(
@@ -377,7 +337,7 @@ class Registry:
             return _Verified(manifest, weights, int8_weights, None)
         # Structure: the weights must load into the described model (fails before serving).
         return _Verified(
-            manifest, weights, int8_weights, _with_weights(manifest_module(manifest), weights)
+            manifest, weights, int8_weights, with_weights(manifest_module(manifest), weights)
         )
 
     def _read_verified(self, name: str, version: int, trusted: Ed25519PublicKey) -> _Verified:
