@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Message, MessageType
+from intro_support import ListedNodes
+from intro_support import introduction_reply as _reply
 from safetensors.numpy import load_file
 
 from fedsys.config import build_config
@@ -25,40 +27,15 @@ from fedsys.node_roster import (
     load_roster,
     record_node,
 )
-from fedsys.protocol import CLIENT_KEY, HELLO_KEY, INTRO_RECORD, NodeHello
+from fedsys.protocol import CLIENT_KEY, HELLO_KEY, INTRO_RECORD
 from fedsys.server.deployed_identities import REFUSED_INTRODUCTION, DeployedClients
 from fedsys.server.grid_view import DeployedGrid
 from fedsys.server.records import read_rounds
 
 
-def _reply(node: int, claimed: str, key: Ed25519PrivateKey, examples: int = 10) -> Message:
-    hello = NodeHello(
-        partition_id=0,
-        client_id=claimed,
-        signing_key=public_to_raw(key.public_key()).hex(),
-        num_examples=examples,
-    )
-    query = Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
-    query.metadata.__dict__["_message_id"] = "q"
-    reply = Message(
-        RecordDict({INTRO_RECORD: ConfigRecord({HELLO_KEY: hello.model_dump_json()})}),
-        reply_to=query,
-    )
-    reply.metadata.__dict__["_src_node_id"] = node
-    return reply
-
-
-class _Connected:
-    def __init__(self, node_ids: list[int]) -> None:
-        self.node_ids = node_ids
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.node_ids)
-
-
 def _sampled_clients(node_ids: list[int], roster: dict[int, str], seed: int) -> list[str]:
     clients = DeployedClients(roster=roster)
-    grid = DeployedGrid(_Connected(node_ids), clients.key_of_node, clients.see)  # type: ignore[arg-type]
+    grid = DeployedGrid(ListedNodes(node_ids), clients.key_of_node, clients.see)  # type: ignore[arg-type]
     random.seed(seed)  # what Flower's sampler draws from
     return [clients.client_ids[n] for n in random.sample(list(grid.get_node_ids()), 3)]
 
@@ -77,7 +54,7 @@ def test_roster_makes_sampling_independent_of_node_ids_and_connection_order() ->
 def test_keys_follow_the_roster_then_first_listing() -> None:
     clients = DeployedClients(roster={900: "b", 5: "a"})
     assert clients.key_of_node == {5: 0, 900: 1}  # by client id, not node id
-    grid = DeployedGrid(_Connected([77, 900, 3, 5]), clients.key_of_node, clients.see)  # type: ignore[arg-type]
+    grid = DeployedGrid(ListedNodes([77, 900, 3, 5]), clients.key_of_node, clients.see)  # type: ignore[arg-type]
     assert list(grid.get_node_ids()) == [5, 900, 3, 77]  # unnamed nodes: next keys, by id
     assert clients.node_for(2) == 3 and clients.node_for(3) == 77
     grid.visible = {77, 5}
