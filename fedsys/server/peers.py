@@ -63,9 +63,6 @@ class Peers:
             return self.virtual.node_for(key)
         if self.deployed is not None:
             return self.deployed.node_for(key)
-        for node, k in self.key_of_node.items():
-            if k == key:
-                return node
         raise KeyError(f"no node holds client key {key}")
 
     def show_online(self, online_keys: set[int] | None) -> None:
