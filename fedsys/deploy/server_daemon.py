@@ -215,9 +215,9 @@ def register_nodes(cli: FlwrCli, keys: list[Path], roster: Path | None = None) -
             emit(COMPONENT, "node_already_registered", key=str(key))
             continue
         node_id, client = _node_id(data.get("node-id")), client_id_of_node_key(key)
-        emit(COMPONENT, "node_registered", key=str(key), node_id=node_id, client_id=client)
         if roster is not None and node_id is not None and client is not None:
-            record_node(roster, client, node_id)
+            record_node(roster, client, node_id)  # on disk before anyone hears of the node
+        emit(COMPONENT, "node_registered", key=str(key), node_id=node_id, client_id=client)
 
 
 def _node_id(value: object) -> int | None:
