@@ -13,7 +13,11 @@ steps per client (``rounds x train.max_steps``):
   federation);
 - ``central_depth``: a reference, not a claim: the pooled data with the federation's
   sequential depth (``rounds x train.max_steps`` steps of a batch ``num_partitions`` times
-  larger: the same tokens again), which is what averaging clients' updates approximates.
+  larger: the same tokens again), which is what averaging clients' updates approximates;
+- ``central_frozen_a``: FFA-LoRA's own ceiling, ``central`` with A frozen.
+
+FFA-LoRA (and ``central_frozen_a``) use ``lm.lora.init_a``'s default for ffa, an orthogonal
+frozen A; ``--override ffa:lm.lora.init_a=kaiming`` gives the earlier Kaiming-uniform A.
 
 Federated variants use the quickstart's strategy (FedAdam, server-side Adam) in Reddi et al.'s
 FedOpt setting: every round each client takes one plain-SGD step (``FED_CLIENT``) and the
@@ -30,6 +34,10 @@ Usage::
 
     python simulations/bench_lm.py                  # everything (~15-30 min on two cores)
     python simulations/bench_lm.py --rounds 2 --steps 1 --skip-base-bytes --out /tmp/lm.json
+    # one variant, base/local/central rows read from the committed report (minutes):
+    python simulations/bench_lm.py --variants base,ffa --out /tmp/ffa.json \
+        --override ffa:lm.lora.init_a=kaiming --override ffa:strategy.server_lr=0.03
+    python simulations/bench_lm.py --seed 1 ...    # other clients, held-out text and A
 """
 
 from __future__ import annotations
@@ -67,9 +75,13 @@ TEXT = ["lm.text.max_client_chunks=32", "lm.text.test_fraction=0.25"]
 FED_CLIENT = ["train.optimizer=sgd", "train.lr=1.0", "train.momentum=0", "strategy.tau=1e-6"]
 # The server optimizer and its learning rate for each federated variant: the best of those
 # tried at 80 rounds x 1 step, seed 0 (FedIT: FedAdam 0.01 / 0.03; FFA: FedAdam 0.01 / 0.03 /
-# 0.04 / 0.06 / 0.1, FedYogi 0.02 / 0.03 / 0.05, FedAdagrad 0.05 / 0.1).
+# 0.04 / 0.06 / 0.1, FedYogi 0.02 / 0.03 / 0.05, FedAdagrad 0.05 / 0.1, all with a
+# Kaiming-uniform A; with the orthogonal A FedYogi 0.01 / 0.02 / 0.03).
 FED_STRATEGY = {"fedit": "fedadam", "ffa": "fedyogi"}
 FED_SERVER_LR = {"fedit": 0.01, "ffa": 0.02}
+# Every variant, in the order they are reported; central_frozen_a is FFA-LoRA's own ceiling
+# (centralized with A frozen, as many steps as central).
+VARIANTS = ("base", "local", "central", "central_depth", "central_frozen_a", "fedit", "ffa")
 # The exactness check: one round of the quickstart's own local training (4 Adam steps).
 EXACTNESS_STEPS = 4
 
@@ -151,14 +163,16 @@ def _train_alone(
     return {k: v.detach().numpy().copy() for k, v in task.state_of(model).items()}
 
 
-def variant(name: str, base: str | None, rounds: int, steps: int) -> dict[str, Any]:
-    """One of base / local / central / central_depth / fedit / ffa, scored on every client's
-    held-out text."""
+def variant(
+    name: str, base: str | None, rounds: int, steps: int, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """One of ``VARIANTS``, scored on every client's held-out text; ``overrides`` (dotted
+    config keys) come last, after the variant's own settings."""
     _quiet()
     from fedsys.tasks.base import ClientData
     from fedsys.tasks.lm.task import LanguageModelTask
 
-    aggregation = "ffa" if name == "ffa" else "fedit"
+    aggregation = "ffa" if name in ("ffa", "central_frozen_a") else "fedit"
     extra = [f"lm.lora.aggregation={aggregation}"]
     if name in FED_SERVER_LR:
         extra += [
@@ -166,6 +180,7 @@ def variant(name: str, base: str | None, rounds: int, steps: int) -> dict[str, A
             f"strategy.name={FED_STRATEGY[name]}",
             f"strategy.server_lr={FED_SERVER_LR[name]}",
         ]
+    extra += overrides or []
     cfg = _config(Path(base) if base else None, rounds, steps, extra)
     task = LanguageModelTask(cfg)
     model = task.model()
@@ -175,7 +190,7 @@ def variant(name: str, base: str | None, rounds: int, steps: int) -> dict[str, A
         states = [task.initial_state()] * n
     elif name == "local":
         states = [_train_alone(task, cfg, task.client_data(p), rounds * steps, p) for p in range(n)]
-    elif name == "central":
+    elif name in ("central", "central_frozen_a"):
         pooled = np.concatenate([c.train for c in task.text.clients])
         data = ClientData(train=pooled, held_out=None, num_examples=len(pooled))
         states = [_train_alone(task, cfg, data, n * rounds * steps, 0)] * n
@@ -188,6 +203,8 @@ def variant(name: str, base: str | None, rounds: int, steps: int) -> dict[str, A
         states = [state] * n
     seconds = time.perf_counter() - start
     row = {"variant": name, "seconds": seconds, **_summary(_client_scores(task, model, states))}
+    if overrides:
+        row["overrides"] = overrides
     if name in FED_SERVER_LR:
         row["rejected_updates"] = rejected
     return row
@@ -258,7 +275,7 @@ def update_bytes(size: str) -> dict[str, Any]:
     return row
 
 
-def exactness(base: str | None, steps: int) -> dict[str, Any]:
+def exactness(base: str | None, steps: int, seed: int = 0) -> dict[str, Any]:
     """One round from the same global adapter: the aggregate's B·A against mean(B_i·A_i)."""
     _quiet()
     from fedsys.tasks.lm.aggregation import product_gap, weighted_mean
@@ -267,7 +284,10 @@ def exactness(base: str | None, steps: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for aggregation in ("fedit", "ffa"):
         cfg = _config(
-            Path(base) if base else None, 1, steps, [f"lm.lora.aggregation={aggregation}"]
+            Path(base) if base else None,
+            1,
+            steps,
+            [f"lm.lora.aggregation={aggregation}", f"runtime.seed={seed}"],
         )
         task = LanguageModelTask(cfg)
         model = task.model()
@@ -298,46 +318,124 @@ def exactness(base: str | None, steps: int) -> dict[str, Any]:
     return out
 
 
+def _overrides_by_variant(specs: list[str], names: list[str]) -> dict[str, list[str]]:
+    """``--override [VARIANT:]KEY=VALUE``: for one variant, or for every variant run."""
+    out: dict[str, list[str]] = {n: [] for n in names}
+    for spec in specs:
+        key = spec.split("=", 1)[0]
+        target, setting = (spec.split(":", 1)) if ":" in key else ("", spec)
+        if "=" not in setting:
+            raise SystemExit(f"--override {spec!r}: expected [VARIANT:]KEY=VALUE")
+        if target and target not in VARIANTS:
+            raise SystemExit(f"--override {spec!r}: unknown variant {target!r}")
+        for n in [target] if target else names:
+            if n in out:
+                out[n].append(setting)
+    return out
+
+
+def _reused_rows(
+    reference: Path, wanted: list[str], rounds: int, steps: int, seed: int
+) -> dict[str, Any]:
+    """Rows of an earlier report for the variants not run now (same rounds, steps and seed:
+    the seed picks the clients and their held-out text)."""
+    if not wanted:
+        return {}
+    if not reference.exists():
+        raise SystemExit(f"--reference {reference} does not exist; also run {wanted}")
+    old = json.loads(reference.read_text())
+    ran = (old.get("rounds"), old.get("local_steps"), old.get("seed", 0))
+    if ran != (rounds, steps, seed):
+        raise SystemExit(
+            f"--reference {reference} ran {ran[0]} x {ran[1]} with seed {ran[2]}, "
+            f"not {rounds} x {steps} with seed {seed}; also run {wanted}"
+        )
+    missing = [n for n in wanted if n not in old["claim"]]
+    if missing:
+        raise SystemExit(f"--reference {reference} has no rows for {missing}; run them")
+    return {n: {**old["claim"][n], "reused_from": str(reference)} for n in wanted}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=80)
     parser.add_argument("--steps", type=int, default=1, help="local steps per round")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--skip-base-bytes", action="store_true", help="no lm_base (~100M) sizes")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated variants to run; the others' rows (base and central are needed "
+        "for the recovered share) are read from --reference, and exactness and bytes are "
+        "skipped unless every variant runs",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="runtime.seed for pre-training and every variant: it picks the public and client "
+        "packages, each client's held-out chunks, the batches and the seeded A",
+    )
+    parser.add_argument("--reference", type=Path, default=OUT, help="report to reuse rows from")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="[VARIANT:]KEY=VALUE",
+        help="a config override for one variant (e.g. ffa:lm.lora.init_a=orthogonal) or, "
+        "without a prefix, for every variant run; repeatable",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    names = [n for n in args.variants.split(",") if n]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    everything = set(names) == set(VARIANTS)
+    seeded = [f"runtime.seed={args.seed}"]
+    overrides = _overrides_by_variant(args.override, names)
+    needed = [n for n in VARIANTS if n not in names and n in ("base", "local", "central")]
+    reused = _reused_rows(args.reference, needed, args.rounds, args.steps, args.seed)
     _quiet()
     from fedsys.tasks.lm.pretrain import pretrain
 
     report: dict[str, Any] = {
         "machine": platform.platform(),
         "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
         "rounds": args.rounds,
         "local_steps": args.steps,
+        "seed": args.seed,
     }
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
         start = time.perf_counter()
-        pre = pretrain(_config(None, 1, 1), base)
+        pre = pretrain(_config(None, 1, 1, seeded), base)
         report["pretrain"] = {
             "seconds": time.perf_counter() - start,
             "public_perplexity": pre.public_perplexity,
             "steps": pre.steps,
         }
-        names = ["base", "local", "central", "central_depth", "fedit", "ffa"]
         with ProcessPoolExecutor(args.workers) as pool:
             futures = {
-                n: pool.submit(variant, n, str(base), args.rounds, args.steps) for n in names
+                n: pool.submit(
+                    variant, n, str(base), args.rounds, args.steps, seeded + overrides[n]
+                )
+                for n in names
             }
-            gaps = pool.submit(exactness, str(base), EXACTNESS_STEPS)
-            sizes = ["lm_tiny"] if args.skip_base_bytes else ["lm_tiny", "lm_base"]
-            bytes_rows = [pool.submit(update_bytes, s) for s in sizes]
-            report["claim"] = {n: f.result() for n, f in futures.items()}
-            report["exactness"] = gaps.result()
-            report["bytes"] = [f.result() for f in bytes_rows]
+            if everything:
+                gaps = pool.submit(exactness, str(base), EXACTNESS_STEPS, args.seed)
+                sizes = ["lm_tiny"] if args.skip_base_bytes else ["lm_tiny", "lm_base"]
+                bytes_rows = [pool.submit(update_bytes, s) for s in sizes]
+            report["claim"] = {**reused, **{n: f.result() for n, f in futures.items()}}
+            if everything:
+                report["exactness"] = gaps.result()
+                report["bytes"] = [f.result() for f in bytes_rows]
     claim = report["claim"]
     b, c = claim["base"]["mean_perplexity"], claim["central"]["mean_perplexity"]
-    for fed in ("fedit", "ffa"):
+    for fed in ("fedit", "ffa", "central_frozen_a"):
+        if fed not in claim:
+            continue
         f = claim[fed]["mean_perplexity"]
         claim[fed]["recovered_of_central_gain"] = (b - f) / (b - c) if b != c else math.nan
         claim[fed]["beats_local"] = f < claim["local"]["mean_perplexity"]
@@ -347,17 +445,24 @@ def main() -> None:
     report["fed_server_lr"] = FED_SERVER_LR
     report["fed_strategy"] = FED_STRATEGY
     report["fed_client"] = FED_CLIENT
+    report["overrides"] = {n: o for n, o in overrides.items() if o}
     report["exactness_steps"] = EXACTNESS_STEPS
     report["strategy"] = _config(None, 1, 1).strategy.name
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    for n in ("base", "local", "fedit", "ffa", "central", "central_depth"):
+    for n in (*VARIANTS, *(n for n in claim if n not in VARIANTS)):
+        if n not in claim:
+            continue
         row = claim[n]
+        share = row.get("recovered_of_central_gain")
         print(
-            f"{n:8s} mean ppl {row['mean_perplexity']:8.3f}  "
+            f"{n:16s} mean ppl {row['mean_perplexity']:8.3f}  "
             f"worst {row['worst_perplexity']:8.3f}  acc {row['mean_accuracy']:.4f}"
+            + (f"  recovered {share:.1%}" if share is not None else "")
+            + ("  (reused)" if "reused_from" in row else "")
         )
-    print(json.dumps({"exactness": report["exactness"], "bytes": report["bytes"]}, indent=1))
+    if everything:
+        print(json.dumps({"exactness": report["exactness"], "bytes": report["bytes"]}, indent=1))
 
 
 if __name__ == "__main__":

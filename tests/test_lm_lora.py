@@ -11,6 +11,7 @@ from lm_task_support import lm_config, write_jsonl
 from lm_task_support import one_torch_thread as one_torch_thread  # fixture for every test here
 
 from fedsys.config import ExperimentConfig
+from fedsys.errors import ConfigError
 from fedsys.tasks import task_for
 from fedsys.tasks.lm.aggregation import product_gap, weighted_mean
 from fedsys.tasks.lm.task import BaseMismatch, LanguageModelTask
@@ -160,3 +161,20 @@ def test_fedsys_pretrain_writes_the_base_and_says_where(corpus: Path, tmp_path: 
     plain.write_text("name: plain\n")
     refused = CliRunner().invoke(app, ["pretrain", "--config", str(plain), "--out", str(out)])
     assert refused.exit_code == 2 and "task: language_model" in refused.output
+
+
+def test_orthogonal_a_is_the_same_on_every_node_with_orthogonal_rows(corpus: Path) -> None:
+    cfg = lm_config(corpus, lora={"aggregation": "ffa"})  # ffa's default: orthogonal
+    server, client = _frozen_a(LanguageModelTask(cfg)), _frozen_a(LanguageModelTask(cfg))
+    kaiming_cfg = lm_config(corpus, lora={"aggregation": "ffa", "init_a": "kaiming"})
+    kaiming = _frozen_a(LanguageModelTask(kaiming_cfg))
+    assert server and set(server) == set(client) == set(kaiming)
+    for key, a in server.items():
+        assert torch.equal(a, client[key]), key  # computed from the seed, never sent
+        rank = a.shape[0]
+        # orthogonal rows at Kaiming-uniform's expected Frobenius norm, sqrt(rank / 3)
+        torch.testing.assert_close(a @ a.T, torch.eye(rank) / 3, rtol=0, atol=1e-5)
+        assert not torch.allclose(a, kaiming[key])
+    assert lm_config(corpus).lm.lora.a_init() == "kaiming"  # fedit keeps peft's law
+    with pytest.raises(ConfigError, match=r"lm\.lora\.init_a"):
+        lm_config(corpus, lora={"init_a": "xavier"})

@@ -19,7 +19,7 @@ import warnings
 import torch
 from torch import nn
 
-from fedsys.lm_config import LoRAConfig
+from fedsys.lm_config import InitA, LoRAConfig
 
 ADAPTER = "default"
 
@@ -46,7 +46,7 @@ def attach_lora(base: nn.Module, cfg: LoRAConfig, seed: int) -> nn.Module:
     with warnings.catch_warnings():  # peft asks transformers a question it has renamed
         warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
         model = get_peft_model(base, peft_cfg)  # type: ignore[arg-type]
-    seeded_init(model, seed)
+    seeded_init(model, seed, cfg.a_init())
     if cfg.aggregation == "ffa":
         for name, p in model.named_parameters():
             if ".lora_A." in name:
@@ -70,17 +70,26 @@ def adapter_parameters(model: nn.Module, aggregation: str) -> dict[str, nn.Param
     }
 
 
-def seeded_init(model: nn.Module, seed: int) -> None:
-    """A: Kaiming-uniform (peft's default law) from a generator seeded per tensor; B: zeros.
+def seeded_init(model: nn.Module, seed: int, init_a: InitA = "kaiming") -> None:
+    """A from a generator seeded per tensor; B: zeros.
 
-    Every node computes the same A from the run seed, which is what lets FFA-LoRA keep A off
-    the wire and makes FedIT's round-0 adapter reproducible."""
+    ``kaiming``: peft's default law (Kaiming-uniform). ``orthogonal``: orthonormal rows (QR of
+    a Gaussian, ``nn.init.orthogonal_``) scaled to Kaiming-uniform's expected Frobenius norm,
+    sqrt(rank / 3), so the effective learning rate is comparable. With A frozen (FFA-LoRA) the
+    adapter moves by ΔB·A = -lr·G·Aᵀ·A: an orthogonal A makes Aᵀ·A a scaled projection instead
+    of a random distortion of the gradient G. Every node computes the same A from the run
+    seed, which is what lets FFA-LoRA keep A off the wire and makes FedIT's round-0 adapter
+    reproducible."""
     generator = torch.Generator()
     with torch.no_grad():
         for index, (name, p) in enumerate(sorted(model.named_parameters())):
             if ".lora_A." in name:
                 generator.manual_seed(seed * 1_000_003 + index)
-                nn.init.kaiming_uniform_(p, a=math.sqrt(5), generator=generator)
+                if init_a == "orthogonal":
+                    nn.init.orthogonal_(p, generator=generator)
+                    p.mul_(math.sqrt(p.shape[0] / 3) / p.norm())
+                else:
+                    nn.init.kaiming_uniform_(p, a=math.sqrt(5), generator=generator)
             elif ".lora_B." in name:
                 p.zero_()
 
