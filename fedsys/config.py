@@ -21,6 +21,7 @@ from fedsys.defense_config import AttackConfig, DefenseConfig
 from fedsys.defense_config import AttackName as AttackName  # re-exported
 from fedsys.errors import ConfigError
 from fedsys.lm_config import LMConfig, TaskName
+from fedsys.memory import FreedMemory
 from fedsys.publish_config import PublishConfig, ServeConfig
 from fedsys.scale_config import FedBuffConfig, FederatedEvalConfig, PopulationConfig
 from fedsys.strategy_traits import ROBUST_STRATEGIES as ROBUST_STRATEGIES  # re-exported
@@ -287,7 +288,15 @@ class RuntimeConfig(Section):
         default=True,
         description="Processes that train or aggregate keep freed model-sized blocks for "
         "reuse instead of page-faulting them back in every round (glibc only; see "
-        "fedsys.memory).",
+        "fedsys.memory). Shorthand for freed_memory keep (true) or system (false).",
+    )
+    freed_memory: FreedMemory | None = Field(
+        default=None,
+        description="What processes that train or aggregate do with freed blocks: keep "
+        "(reuse them: fastest, the process keeps its peak heap), release (blocks from 1 MiB "
+        "up go back to the OS at once: a worker holds what it uses, at the cost of page "
+        "faults; for memory-bound language-model workers) or system (glibc's own). Default: "
+        "from reuse_freed_memory.",
     )
     node_state_dir: Path | None = Field(
         default=None,
@@ -310,6 +319,13 @@ class RuntimeConfig(Section):
     )
     progress: bool = Field(default=True, description="Live rich table per round.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+    @property
+    def freed_memory_policy(self) -> FreedMemory:
+        """``freed_memory``, else what ``reuse_freed_memory`` says."""
+        if self.freed_memory is not None:
+            return self.freed_memory
+        return "keep" if self.reuse_freed_memory else "system"
 
 
 class ExperimentConfig(Section):

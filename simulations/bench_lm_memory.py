@@ -10,6 +10,10 @@ worker's peak RSS against one copy of the base in fp32 (4 bytes a parameter); th
 bare interpreter that imported what a worker imports (torch, transformers, peft, flwr, ray)
 is reported beside it, so the share the model and training add is visible.
 
+Each ``runtime.freed_memory`` policy in ``--freed-memory`` is a run of its own (``keep``, the
+default, reuses freed blocks: fastest; ``release`` hands blocks from 1 MiB up back to the OS:
+the worker holds what it uses, not its heap's high-water mark).
+
 A bounded run by default (1 round, 2 local steps, batch 4, a 16-chunk central evaluation):
 memory is set by the base and one training step, not by the number of steps.
 
@@ -18,6 +22,7 @@ Usage::
     python simulations/bench_lm_memory.py --clients 10 --workers 2
     python simulations/bench_lm_memory.py --set lm.gradient_checkpointing=true \
         --out simulations/results/bench_lm_memory_checkpointing.json
+    python simulations/bench_lm_memory.py --freed-memory release  # one policy only
 """
 
 from __future__ import annotations
@@ -160,6 +165,13 @@ def main() -> int:
         default=[],
         help="an extra experiment override, e.g. lm.gradient_checkpointing=true (repeatable)",
     )
+    parser.add_argument(
+        "--freed-memory",
+        nargs="+",
+        default=["keep", "release"],
+        choices=["keep", "release", "system"],
+        help="runtime.freed_memory policies to run one after the other (default: keep release)",
+    )
     args = parser.parse_args()
     from fedsys.tasks.lm.models import build_named
 
@@ -177,20 +189,30 @@ def main() -> int:
         "import_floor_mib": import_floor_mib(),
     }
     report["overrides"] = args.sets
-    result = run(args.clients, args.workers, args.rounds, args.steps, args.timeout, args.sets)
-    report["run"] = result
+    report["policies"] = {}
+    for policy in args.freed_memory:
+        sets = [*args.sets, f"runtime.freed_memory={policy}"]
+        result = run(args.clients, args.workers, args.rounds, args.steps, args.timeout, sets)
+        peaks = [mib for mib, _ in result["worker_peaks_mib"]]
+        if peaks:
+            worst = max(peaks)
+            result["worst_worker_peak_mib"] = worst
+            result["ratio_to_base_fp32"] = worst / base_mib
+            result["ratio_above_import_floor"] = (worst - report["import_floor_mib"]) / base_mib
+        report["policies"][policy] = result
     report["load_after"] = os.getloadavg()
-    peaks = [mib for mib, _ in result["worker_peaks_mib"]]
-    if peaks:
-        worst = max(peaks)
-        report["worst_worker_peak_mib"] = worst
-        report["ratio_to_base_fp32"] = worst / base_mib
-        report["ratio_above_import_floor"] = (worst - report["import_floor_mib"]) / base_mib
-        report["target"] = TARGET
+    report["target"] = TARGET
+    measured = [r for r in report["policies"].values() if "ratio_to_base_fp32" in r]
+    if measured:  # the leanest policy's figures, as before there were several
+        best = min(measured, key=lambda r: r["ratio_to_base_fp32"])
+        for key in ("worst_worker_peak_mib", "ratio_to_base_fp32", "ratio_above_import_floor"):
+            report[key] = best[key]
     save_report(report, args.out)
-    print(json.dumps({k: v for k, v in report.items() if k not in ("machine", "run")}, indent=1))
-    print(json.dumps(result["worker_peaks_mib"]))
-    return 0 if result["returncode"] == 0 else 1
+    brief = {k: v for k, v in report.items() if k not in ("machine", "policies")}
+    print(json.dumps(brief, indent=1))
+    for policy, result in report["policies"].items():
+        print(policy, f"{result['wall_seconds']:.0f} s", json.dumps(result["worker_peaks_mib"][:2]))
+    return 0 if all(r["returncode"] == 0 for r in report["policies"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from fedsys.config import ExperimentConfig
 from fedsys.crypto import RoundBinding
 from fedsys.crypto.keys import public_to_raw, signing_key_from_pem
 from fedsys.errors import FedsysError
-from fedsys.memory import keep_freed_memory
+from fedsys.memory import set_freed_memory
 from fedsys.protocol import (
     AGGREGATOR_KEY,
     CONFIG_KEY,
@@ -71,8 +71,7 @@ def _model(config_json: str) -> tuple[Task, nn.Module]:
     included); states are loaded into it every message."""
     cfg = _parse_config(config_json)
     torch.set_num_threads(cfg.runtime.torch_threads)
-    if cfg.runtime.reuse_freed_memory:
-        keep_freed_memory()
+    set_freed_memory(cfg.runtime.freed_memory_policy)
     task = _task(config_json)
     return task, task.model()
 

@@ -13,7 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedsys.client.node_state import drop_run, state_root
 from fedsys.config import ExperimentConfig, load_config
 from fedsys.crypto import AggregatorKeys, load_allow_list, read_exchange_key
-from fedsys.memory import keep_freed_memory
+from fedsys.memory import set_freed_memory
 from fedsys.node_roster import load_roster
 from fedsys.server.loop import run_federation
 from fedsys.server.outlock import exclusive_output_dir
@@ -76,8 +76,7 @@ def make_server_app(launch: Launch | None = None) -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         chosen = launch or launch_from_run_config(dict(context.run_config))
-        if chosen.cfg.runtime.reuse_freed_memory:
-            keep_freed_memory()
+        set_freed_memory(chosen.cfg.runtime.freed_memory_policy)
         try:
             # One ServerApp per output directory, checked before anything is written.
             with exclusive_output_dir(chosen.out_dir, grid.run.run_id):
