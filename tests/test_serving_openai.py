@@ -112,7 +112,9 @@ def test_streaming_sends_a_chunk_per_token_then_done(client: TestClient) -> None
 def test_chat_uses_the_template(client: TestClient) -> None:
     messages = [{"role": "user", "content": "hi"}]
     resp = client.post(
-        "/v1/chat/completions", json={"model": "lora", "messages": messages, "max_tokens": 4}
+        "/v1/chat/completions",
+        # greedy: a sampled end-of-text token would end the reply before max_tokens
+        json={"model": "lora", "messages": messages, "max_tokens": 4, "temperature": 0},
     ).json()
     assert resp["object"] == "chat.completion"
     assert resp["choices"][0]["message"]["role"] == "assistant"
@@ -120,7 +122,13 @@ def test_chat_uses_the_template(client: TestClient) -> None:
     assert resp["usage"] == {"prompt_tokens": 20, "completion_tokens": 4, "total_tokens": 24}
     stream = client.post(
         "/v1/chat/completions",
-        json={"model": "lora", "messages": messages, "max_tokens": 3, "stream": True},
+        json={
+            "model": "lora",
+            "messages": messages,
+            "max_tokens": 3,
+            "temperature": 0,
+            "stream": True,
+        },
     )
     events = sse_events(stream.text)
     assert events[0]["object"] == "chat.completion.chunk"
