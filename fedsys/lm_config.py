@@ -91,7 +91,8 @@ class LoRAConfig(Section):
         "kaiming: peft's Kaiming-uniform; orthogonal: orthonormal rows scaled to "
         "Kaiming-uniform's expected Frobenius norm, so a frozen A (ffa) passes B's gradient "
         "through undistorted. Unset: orthogonal for ffa (measured better over three seeds, "
-        "docs/benchmarks.md), kaiming otherwise.",
+        "docs/benchmarks.md), kaiming otherwise. An ffa run checkpointed while kaiming was "
+        "ffa's default resumes to its own A only with init_a: kaiming.",
     )
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1
