@@ -42,8 +42,7 @@ from fedsys.registry.audit import AuditLog
 from fedsys.registry.int8_copy import compare_int8, int8_to_bytes, quantize_int8
 from fedsys.registry.lm_base import store_base
 from fedsys.registry.store import VERSIONS_DIR, Registry, build_module
-from fedsys.registry.upload import SendOutcome, send_version
-from fedsys.registry.upload import Upload as _Upload
+from fedsys.registry.upload import SendOutcome, Upload, send_version
 from fedsys.registry.version_manifest import LanguageModelVersion, Lineage, check_name
 
 if TYPE_CHECKING:
@@ -147,7 +146,7 @@ class Publisher:
             self._client = httpx.Client(transport=transport, timeout=self.pub.timeout_seconds)
         # Worker-thread state: versions whose local write failed, versions not yet uploaded.
         self._local_retry: list[_Job] = []
-        self._uploads: list[_Upload] = []
+        self._uploads: list[Upload] = []
         self.last_published: int | None = existing[-1] if existing else None
         self.last_uploaded: int | None = None
         self._lock = threading.Lock()
@@ -247,7 +246,7 @@ class Publisher:
         self.last_published = max(self.last_published or 0, version)
         self.continue_after(version)
         if self._client is not None:
-            self._uploads.append(_Upload(version, rnd))
+            self._uploads.append(Upload(version, rnd))
         return True
 
     def wait_idle(self) -> None:
@@ -326,7 +325,7 @@ class Publisher:
                 if self.compressor is not None:
                     self.compressor.submit(job.version)
                 if self._client is not None:
-                    self._uploads.append(_Upload(job.version, job.round))
+                    self._uploads.append(Upload(job.version, job.round))
             self._local_retry.pop(0)
 
     def _write(self, job: _Job) -> None:
@@ -425,7 +424,7 @@ class Publisher:
                 return
             self._uploads.pop(0)
 
-    def _upload(self, item: _Upload) -> bool:
+    def _upload(self, item: Upload) -> bool:
         """One version with retries and exponential backoff. False: keep it pending."""
         assert self._client is not None and self.pub.endpoint is not None
         vdir = self.registry.root / self.name / VERSIONS_DIR / str(item.version)
